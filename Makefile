@@ -20,13 +20,21 @@ TEST_SRC  := $(wildcard tests/c/test_*.c)
 TEST_UTIL := $(filter-out $(TEST_SRC),$(wildcard tests/c/*.c))
 HEADERS   := $(wildcard src/*.h kernels/*.h kernels/avx2/*.h tests/c/*.h)
 
-B  := build
-BD := build-debug
+# Build folders; override (make B=build-x BD=build-x-debug) to build a
+# private copy without racing another build in the same tree.
+B  ?= build
+BD ?= build-debug
 
-.PHONY: all debug test run deps fuzz clean bench
+.PHONY: all debug test run deps fuzz clean bench tests-bin
 .DEFAULT_GOAL := all
+.SECONDARY:
 
-all: tide $(B)/libtide.so lua/tide/cdef.lua tests-bin
+all: $(B)/tide $(B)/libtide.so lua/tide/cdef.lua tests-bin
+ifeq ($(B),build)
+all: tide
+tide: $(B)/tide
+	ln -sf $(B)/tide tide
+endif
 
 # ---- release --------------------------------------------------------------
 $(B)/obj/%.o: %.c $(HEADERS) | $(B)/obj
@@ -42,7 +50,7 @@ $(B)/libtide.a: $(LIB_OBJ)
 $(B)/libtide.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LIBS)
 
-tide: $(B)/obj/src/main.o $(B)/libtide.a
+$(B)/tide: $(B)/obj/src/main.o $(B)/libtide.a
 	$(CC) -o $@ $(B)/obj/src/main.o -Wl,--whole-archive $(B)/libtide.a -Wl,--no-whole-archive -Wl,--export-dynamic $(LIBS)
 
 lua/tide/cdef.lua: $(HEADERS) scripts/gen_cdef.sh
@@ -86,7 +94,7 @@ deps:
 
 test: deps
 	@$(MAKE) --no-print-directory all debug
-	@scripts/run_tests.sh
+	@B=$(B) BD=$(BD) scripts/run_tests.sh
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -112,4 +120,4 @@ fuzz:
 	done
 
 clean:
-	rm -rf $(B) $(BD) tide lua/tide/cdef.lua
+	rm -rf build build-debug tide lua/tide/cdef.lua

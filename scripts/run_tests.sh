@@ -4,6 +4,8 @@
 # Exits non-zero if anything failed. Assumes `make all debug` has been run.
 set -u
 cd "$(dirname "$0")/.."
+B=${B:-build}
+BD=${BD:-build-debug}
 passed=0
 failed=0
 log=$(mktemp)
@@ -26,15 +28,15 @@ count_cmocka() { # $1: label, $2...: command
   passed=$((passed + p)); failed=$((failed + f))
 }
 
-for t in build/tests/test_*; do
+for t in "$B"/tests/test_*; do
   [ -x "$t" ] && count_cmocka "$t" "$t"
 done
-for t in build-debug/tests/test_*; do
+for t in "$BD"/tests/test_*; do
   [ -x "$t" ] && count_cmocka "$t" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 "$t"
 done
 
 # Lua tests: the runner prints `N passed, N failed` as its last line.
-./tide run tests/lua/run.lua >"$log" 2>&1
+"$B/tide" run tests/lua/run.lua >"$log" 2>&1
 rc=$?
 cat "$log"
 line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
