@@ -2,6 +2,10 @@
 -- runs a command; every command answers --help.
 local M = {}
 
+-- Path of the running executable (arg[0] as main.c set it), for scripts and
+-- tests that start another tide process; kept as arg[-1] like luajit does.
+M.progname = (_G.arg and _G.arg[0]) or "tide"
+
 local USAGE = [[
 usage: tide [COMMAND] [ARGS]
 
@@ -41,7 +45,7 @@ local function run_file(file, args)
     return 1
   end
   -- script arguments: arg[0] = file, arg[1..] = args
-  local a = { [0] = file }
+  local a = { [0] = file, [-1] = M.progname }
   for i, v in ipairs(args) do a[i] = v end
   _G.arg = a
   local result = chunk(unpack(args))

@@ -17,6 +17,23 @@ local tide = {
 function tide.load_safetensors(path) return require("tide.safetensors").load(path) end
 function tide.save_safetensors(path, tensors, metadata) return require("tide.safetensors").save(path, tensors, metadata) end
 
+-- A short map of the API, for the REPL.
+function tide.help()
+  print([[
+tide.tensor(data [, dtype])      tensor from nested tables (f32 default; "bf16", "f16", ...)
+tide.zeros(shape [, dtype])      zero-filled tensor
+t:shape() t:dtype() t:totable()  inspect; tostring(t) shows shape, dtype, values
+t:matmul(b) t:linear(w) a+b a*b  ops (also :softmax :rmsnorm :silu :topk :get_rows ...)
+t:t() t:narrow(d,s,n) t:reshape  views (no copy); t:copy(dtype) / t:to(dtype) convert
+tide.load_safetensors(path)      name -> tensor (file, folder or sharded index; mmapped)
+tide.save_safetensors(path, tbl) write tensors
+tide.gguf.open(path)             :metadata() :tensors();  tide.gguf.write(path, md, tensors)
+tide.load(path [, opts])         a model (Hugging Face folder or .gguf)
+tide.tokenizer(path)             :encode(text) :decode(ids) :apply_chat_template(msgs)
+tide.set_threads(n)              threads used by ops
+Runtime failures return nil, message; programmer errors raise.]])
+end
+
 function tide.threads() return C.tide_pool_threads(T.default_pool()) end
 
 -- Lazily loaded submodules: tide.gguf, tide.json, ...
@@ -28,5 +45,11 @@ setmetatable(tide, {
     return nil
   end,
 })
+
+-- Models (implemented in tide.model): tide.load(path, opts) -> model or nil, err.
+function tide.load(path, opts) return require("tide.model").load(path, opts) end
+
+-- Tokenizers (implemented in tide.tokenizer): tide.tokenizer(path) -> tokenizer or nil, err.
+function tide.tokenizer(path, opts) return require("tide.tokenizer").load(path, opts) end
 
 return tide

@@ -67,6 +67,21 @@ function H.fails(pattern, v, e)
   return e
 end
 
+-- Shell-quote a string.
+function H.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- Run a shell command; returns its output (stdout+stderr) and exit code.
+function H.sh(cmd)
+  local p = io.popen("(" .. cmd .. ") 2>&1; echo \"__EXIT:$?\"")
+  local out = p:read("*a")
+  p:close()
+  local code = tonumber(out:match("__EXIT:(%d+)%s*$"))
+  return (out:gsub("__EXIT:%d+%s*$", "")), code
+end
+
+-- The tide executable running the tests (tests/lua/run.lua is run by it).
+H.tide = (arg and arg[-1]) or "./tide"
+
 -- A fresh temporary directory (removed at exit by the OS's tmp cleaning).
 function H.tmpdir()
   local p = io.popen("mktemp -d")
