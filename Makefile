@@ -106,8 +106,8 @@ bench: deps
 
 # ---- fuzzing (clang libFuzzer) ----------------------------------------------
 FUZZ_SECONDS ?= 60
-FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc $(PKG_CFLAGS)
-FUZZ_LIB_SRC := src/error.c src/dtype.c src/tensor.c src/safetensors.c src/gguf.c
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Isrc $(PKG_CFLAGS)
+FUZZ_LIB_SRC := src/error.c src/dtype.c src/tensor.c src/safetensors.c src/gguf.c src/fileio.c
 fuzz:
 	@scripts/deps.sh clang libclang-rt-14-dev
 	@mkdir -p $(B)/fuzz
@@ -116,8 +116,15 @@ fuzz:
 	  mkdir -p $(B)/fuzz/corpus_$$t; cp -n fuzz/seeds/$$t/* $(B)/fuzz/corpus_$$t/ 2>/dev/null || true; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
 	  $(B)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -artifact_prefix=fuzz/crashes/$$t- \
-	    $(B)/fuzz/corpus_$$t fuzz/seeds/$$t 2>&1 | tail -3 || exit 1; \
+	    $(B)/fuzz/corpus_$$t fuzz/seeds/$$t >$(B)/fuzz/$$t.log 2>&1; rc=$$?; tail -3 $(B)/fuzz/$$t.log; \
+	  [ $$rc -eq 0 ] || { echo "fuzz: $$t failed (exit $$rc), see $(B)/fuzz/$$t.log and fuzz/crashes/"; exit 1; }; \
 	done
 
 clean:
 	rm -rf build build-debug tide lua/tide/cdef.lua
+
+# ---- tokenizer: Unicode category tables from Debian's unicode-data ----------
+UNICODE_DIR ?= /usr/share/unicode
+all: lua/tide/unicode_gen.lua
+lua/tide/unicode_gen.lua: scripts/gen_unicode.lua $(UNICODE_DIR)/UnicodeData.txt $(UNICODE_DIR)/PropList.txt $(UNICODE_DIR)/DerivedCoreProperties.txt
+	luajit scripts/gen_unicode.lua $(UNICODE_DIR) $@

@@ -10,3 +10,6 @@
 #include "gguf.h"
 #include "repl.h"
 #include "ffi_layout.h"
+#include "kvcache.h"
+#include "sampler.h"
+#include "bpe.h"

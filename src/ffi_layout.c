@@ -6,6 +6,8 @@
 #include "error.h"
 #include "ops.h"
 #include "tensor.h"
+#include "kvcache.h"
+#include "sampler.h"
 
 #define SIZE(T) {#T, "", (int64_t)sizeof(T)}
 #define FIELD(T, f) {#T, #f, (int64_t)offsetof(T, f)}
@@ -68,6 +70,21 @@ static const tide_layout_entry_t layout[] = {
     FIELD(struct tide_layout_entry, type),
     FIELD(struct tide_layout_entry, field),
     FIELD(struct tide_layout_entry, value),
+    SIZE(struct tide_kv_layout),
+    FIELD(struct tide_kv_layout, n_kv_head),
+    FIELD(struct tide_kv_layout, k_dim),
+    FIELD(struct tide_kv_layout, v_dim),
+    FIELD(struct tide_kv_layout, pad_),
+    SIZE(struct tide_sampler_params),
+    FIELD(struct tide_sampler_params, temperature),
+    FIELD(struct tide_sampler_params, top_k),
+    FIELD(struct tide_sampler_params, top_p),
+    FIELD(struct tide_sampler_params, min_p),
+    FIELD(struct tide_sampler_params, repetition_penalty),
+    FIELD(struct tide_sampler_params, presence_penalty),
+    FIELD(struct tide_sampler_params, frequency_penalty),
+    FIELD(struct tide_sampler_params, penalty_last_n),
+    FIELD(struct tide_sampler_params, seed),
     {NULL, NULL, 0},
 };
 

@@ -7,6 +7,13 @@
 #include <unistd.h>
 
 #define TIDE_POOL_MAX 256
+#define TIDE_POOL_SPIN 4000 /* pause iterations (~50 µs) a thread spins before sleeping */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 
 struct tide_pool {
   int32_t nthreads;         /* threads taking part in a run, caller included */
@@ -28,14 +35,19 @@ struct tide_pool {
 typedef struct {
   tide_pool_t *p;
   int32_t ith;
+  int64_t generation; /* the pool's generation when the worker started */
 } worker_arg_t;
 
 static void *worker_main(void *arg) {
   worker_arg_t wa = *(worker_arg_t *)arg;
   free(arg);
   tide_pool_t *p = wa.p;
-  int64_t seen = 0;
+  int64_t seen = wa.generation; /* runs before this worker existed are not its to do */
   for (;;) {
+    /* Spin briefly before sleeping: ops come in quick succession during a
+     * forward pass and a condition-variable wake-up costs tens of µs. */
+    for (int i = 0; i < TIDE_POOL_SPIN && __atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen; i++)
+      cpu_relax();
     pthread_mutex_lock(&p->mu);
     while (!p->quit && p->generation == seen) pthread_cond_wait(&p->cv_start, &p->mu);
     if (p->quit) {
@@ -49,7 +61,7 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&p->mu);
     fn(ctx, wa.ith, nth);
     pthread_mutex_lock(&p->mu);
-    if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
+    if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL) == 0) pthread_cond_signal(&p->cv_done);
     pthread_mutex_unlock(&p->mu);
   }
 }
@@ -73,6 +85,9 @@ static int start_workers(tide_pool_t *p, int32_t n, tide_err_t *err) {
     }
     wa->p = p;
     wa->ith = i + 1;
+    pthread_mutex_lock(&p->mu);
+    wa->generation = p->generation;
+    pthread_mutex_unlock(&p->mu);
     if (pthread_create(&p->workers[i], NULL, worker_main, wa) != 0) {
       free(wa);
       stop_workers(p);
@@ -132,11 +147,12 @@ void tide_pool_run(tide_pool_t *p, tide_pool_fn fn, void *ctx) {
   pthread_mutex_lock(&p->mu);
   p->fn = fn;
   p->ctx = ctx;
-  p->pending = p->nworkers;
-  p->generation++;
+  __atomic_store_n(&p->pending, p->nworkers, __ATOMIC_RELEASE);
+  __atomic_add_fetch(&p->generation, 1, __ATOMIC_RELEASE);
   pthread_cond_broadcast(&p->cv_start);
   pthread_mutex_unlock(&p->mu);
   fn(ctx, 0, p->nthreads);
+  for (int i = 0; i < TIDE_POOL_SPIN && __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0; i++) cpu_relax();
   pthread_mutex_lock(&p->mu);
   while (p->pending > 0) pthread_cond_wait(&p->cv_done, &p->mu);
   pthread_mutex_unlock(&p->mu);

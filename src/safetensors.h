@@ -15,6 +15,9 @@ typedef struct tide_st tide_st_t;
 /* path: a .safetensors file, a model.safetensors.index.json, or a folder
  * holding either (index preferred). All shards are validated on open. */
 int tide_st_open(const char *path, tide_st_t **out, tide_err_t *err);
+/* The same checks on a file image held in memory (the bytes are copied);
+ * name labels error messages. Used by the fuzzer and by tests. */
+int tide_st_open_memory(const void *data, int64_t n, const char *name, tide_st_t **out, tide_err_t *err);
 void tide_st_close(tide_st_t *st); /* tensors already returned stay valid */
 int64_t tide_st_count(const tide_st_t *st);
 /* Name of tensor i (sorted by name), or NULL when out of range. */
@@ -27,6 +30,8 @@ int tide_st_get(tide_st_t *st, int64_t i, tide_tensor_t **out, tide_err_t *err);
 const char *tide_st_dtype_name(const tide_st_t *st, int64_t i);
 /* The shard file a tensor lives in, or NULL. */
 const char *tide_st_file(const tide_st_t *st, int64_t i);
+/* Byte offset of tensor i's data in its shard file, or -1. */
+int64_t tide_st_file_offset(const tide_st_t *st, int64_t i);
 /* __metadata__ entries (string values) of the first file: count, key, value. */
 int64_t tide_st_meta_count(const tide_st_t *st);
 const char *tide_st_meta_key(const tide_st_t *st, int64_t i);

@@ -47,8 +47,11 @@ local function set_threads(n)
   return true
 end
 
-local function wrap(p)
-  return setmetatable({ _p = ffi.gc(p, C.tide_tensor_release) }, Tensor)
+-- A Tensor owns a C tensor (released by the GC or :free()), or holds a
+-- tide_tensor_t struct built in Lua over memory kept alive by `_keep`
+-- (workspace scratch and views of it: no C allocation on the hot path).
+local function wrap(p, keep)
+  return setmetatable({ _p = ffi.gc(p, C.tide_tensor_release), _own = true, _keep = keep }, Tensor)
 end
 
 local function ptr(t, level)
@@ -147,9 +150,12 @@ function Tensor:cdata() return ptr(self) end
 function Tensor:free()
   local p = rawget(self, "_p")
   if p ~= nil then
-    ffi.gc(p, nil)
-    C.tide_tensor_release(p)
+    if rawget(self, "_own") then
+      ffi.gc(p, nil)
+      C.tide_tensor_release(p)
+    end
     self._p = nil
+    self._keep = nil
   end
 end
 
@@ -263,21 +269,26 @@ end
 function Tensor:reshape(shape, ...)
   if type(shape) == "number" then shape = { shape, ... } end
   local p = ptr(self)
-  local a, n = shape_array(shape)
   -- one dimension may be -1 (inferred)
   local known, neg = 1, nil
-  for i = 1, n do if shape[i] == -1 then neg = i else known = known * shape[i] end end
-  if neg then a[neg - 1] = math.floor(tonumber(C.tide_tensor_numel(p)) / known) end
+  for i = 1, #shape do if shape[i] == -1 then neg = i else known = known * shape[i] end end
+  if neg then
+    local s = {}
+    for i = 1, #shape do s[i] = shape[i] end
+    s[neg] = known > 0 and math.floor(tonumber(C.tide_tensor_numel(p)) / known) or 0
+    shape = s
+  end
+  local a, n = shape_array(shape)
   local out = ptr_out()
   if C.tide_tensor_reshape(p, n, a, out, err) ~= 0 then F.raise(2) end
-  return wrap(out[0])
+  return wrap(out[0], self)
 end
 Tensor.view = Tensor.reshape
 
 function Tensor:narrow(dim, start, len)
   local out = ptr_out()
   if C.tide_tensor_narrow(ptr(self), dim - 1, start - 1, len, out, err) ~= 0 then F.raise(2) end
-  return wrap(out[0])
+  return wrap(out[0], self)
 end
 
 function Tensor:transpose(d0, d1)
@@ -285,7 +296,7 @@ function Tensor:transpose(d0, d1)
   d0, d1 = d0 or p.ndim - 1, d1 or p.ndim
   local out = ptr_out()
   if C.tide_tensor_transpose(p, d0 - 1, d1 - 1, out, err) ~= 0 then F.raise(2) end
-  return wrap(out[0])
+  return wrap(out[0], self)
 end
 function Tensor:t() return self:transpose(1, 2) end
 
@@ -420,6 +431,224 @@ function Tensor:get_rows(ids)
   return out
 end
 
+
+-- ---- Lua-built tensors, scratch, and ops with output arguments ----------
+-- The model code runs on these: outputs are preallocated (from a Workspace)
+-- and views are tide_tensor_t structs built in Lua, so a decode step makes no
+-- C allocation. Each op raises on failure (a failure here is a programming
+-- error: shapes are checked by the model before it runs).
+
+local tensor_t = ffi.typeof("tide_tensor_t")
+local ELEM = {} -- dtype id -> bytes per element (scalar dtypes only)
+for i = 0, C.TIDE_DTYPE_COUNT - 1 do
+  local tr = C.tide_dtype_traits(i)
+  if tr.block_size == 1 then ELEM[i] = tr.block_bytes end
+end
+
+-- A Tensor over a new struct: dtype id, shape {…}, element strides {…} (nil:
+-- contiguous), data pointer; keep anchors the memory.
+local function lua_tensor(dt, data, keep, nd, d0, d1, d2, d3, s0, s1, s2, s3)
+  local p = tensor_t()
+  local esz = ELEM[dt]
+  p.data = data
+  p.dtype = dt
+  p.ndim = nd
+  p.shape[0], p.shape[1], p.shape[2], p.shape[3] = d0 or 1, d1 or 1, d2 or 1, d3 or 1
+  if s0 == nil then
+    local st = esz
+    for i = nd - 1, 0, -1 do p.stride[i] = st; st = st * p.shape[i] end
+  else
+    p.stride[0], p.stride[1], p.stride[2], p.stride[3] = s0 * esz, (s1 or 1) * esz, (s2 or 1) * esz, (s3 or 1) * esz
+  end
+  p.refcount = 1
+  return setmetatable({ _p = p, _keep = keep }, Tensor)
+end
+
+-- View of this tensor (scalar dtypes): shape and strides in elements, offset
+-- in elements from this tensor's first element. Bounds are the caller's duty.
+function Tensor:as_strided(shape, stride, offset)
+  local p = ptr(self)
+  local esz = ELEM[p.dtype]
+  if not esz then error("as_strided: block-quantized tensors are not supported", 2) end
+  local data = ffi.cast("char*", p.data) + (offset or 0) * esz
+  local nd = #shape
+  if stride then
+    return lua_tensor(p.dtype, data, self, nd, shape[1], shape[2], shape[3], shape[4], stride[1], stride[2], stride[3],
+      stride[4])
+  end
+  return lua_tensor(p.dtype, data, self, nd, shape[1], shape[2], shape[3], shape[4])
+end
+
+-- Attach block scales (e.g. FP8 weight_scale_inv): one f32 per (br x bc) block.
+function Tensor:set_scale(scale, br, bc)
+  if C.tide_tensor_set_scale(ptr(self), ptr(scale), br or 128, bc or 128, err) ~= 0 then return nil, F.errmsg() end
+  self._scale = scale
+  return self
+end
+
+function Tensor:data_ptr(ct) return ffi.cast(ct or "float*", ptr(self).data) end
+
+-- i32 tensor from a Lua list of integers (0-based ids).
+local function from_ints(list, n)
+  n = n or #list
+  local t = zeros({ n }, C.TIDE_DTYPE_I32)
+  local d = ffi.cast("int32_t*", t._p.data)
+  for i = 1, n do d[i - 1] = list[i] end
+  return t
+end
+
+-- Workspace: named scratch tensors reused across steps. ws:get(key, d0, d1,
+-- d2, d3) returns a contiguous f32 tensor (ws:get_i32 for int32); the same key
+-- with the same shape returns the same object, so a decode step allocates
+-- nothing. Contents are not cleared.
+local Workspace = {}
+Workspace.__index = Workspace
+
+local function workspace() return setmetatable({ slots = {}, views = {} }, Workspace) end
+
+local function ws_get(self, key, dt, d0, d1, d2, d3)
+  d0, d1, d2, d3 = tonumber(d0), d1 and tonumber(d1), d2 and tonumber(d2), d3 and tonumber(d3)
+  local slot = self.slots[key]
+  if slot then
+    local p = slot.t._p
+    if p.dtype == dt and p.shape[0] == d0 and p.shape[1] == (d1 or 1) and p.shape[2] == (d2 or 1) and
+      p.shape[3] == (d3 or 1) and p.ndim == (d3 and 4 or d2 and 3 or d1 and 2 or 1) then
+      return slot.t
+    end
+  else
+    slot = { cap = 0 }
+    self.slots[key] = slot
+  end
+  local nd = d3 and 4 or d2 and 3 or d1 and 2 or 1
+  local bytes = d0 * (d1 or 1) * (d2 or 1) * (d3 or 1) * ELEM[dt]
+  if bytes > slot.cap then
+    local cap = math.max(bytes, math.floor(slot.cap * 1.5), 64)
+    slot.buf = zeros({ cap }, C.TIDE_DTYPE_U8)
+    slot.cap = cap
+  end
+  slot.t = lua_tensor(dt, slot.buf._p.data, slot.buf, nd, d0, d1, d2, d3)
+  return slot.t
+end
+
+function Workspace:get(key, d0, d1, d2, d3) return ws_get(self, key, C.TIDE_DTYPE_F32, d0, d1, d2, d3) end
+function Workspace:get_i32(key, d0, d1, d2, d3) return ws_get(self, key, C.TIDE_DTYPE_I32, d0, d1, d2, d3) end
+-- Reused view: ws:view(key, base, offset, d0, d1, d2, d3, s0, s1, s2, s3) is
+-- base:as_strided({d0..}, {s0..} or contiguous, offset) (elements), built
+-- into the same struct each time the key comes back (no allocation). The
+-- previous view under that key is overwritten: use a key per call site.
+local charp = ffi.typeof("char*")
+function Workspace:view(key, base, off, d0, d1, d2, d3, s0, s1, s2, s3)
+  local t = self.views[key]
+  local bp = base._p
+  if t == nil then
+    t = setmetatable({ _p = tensor_t() }, Tensor)
+    self.views[key] = t
+  end
+  local p = t._p
+  t._keep = base
+  local dt = bp.dtype
+  local esz = ELEM[dt]
+  p.data = ffi.cast(charp, bp.data) + off * esz
+  p.dtype = dt
+  p.refcount = 1
+  local nd = d3 and 4 or d2 and 3 or d1 and 2 or 1
+  p.ndim = nd
+  local sh, st = p.shape, p.stride
+  sh[0], sh[1], sh[2], sh[3] = d0, d1 or 1, d2 or 1, d3 or 1
+  if s0 then
+    st[0], st[1], st[2], st[3] = s0 * esz, (s1 or 1) * esz, (s2 or 1) * esz, (s3 or 1) * esz
+  else
+    local acc = esz
+    for i = nd - 1, 0, -1 do st[i] = acc; acc = acc * sh[i] end
+    for i = nd, 3 do st[i] = 0 end
+  end
+  return t
+end
+
+function Workspace:clear() self.slots = {} self.views = {} end
+function Workspace:bytes()
+  local n = 0
+  for _, s in pairs(self.slots) do n = n + s.cap end
+  return n
+end
+
+-- Zero a contiguous tensor.
+local function fill_zero(t)
+  local p = ptr(t)
+  ffi.fill(p.data, C.tide_tensor_nbytes(p))
+end
+
+-- Ops with explicit outputs, on the default pool. `op` is a table so a
+-- profiler can wrap its entries (tide.profile).
+local op = {}
+local function ck(rc) if rc ~= 0 then F.raise(2) end end
+function op.matmul(out, a, b, trans_b)
+  ck(C.tide_op_matmul(default_pool(), out._p, a._p, b._p, trans_b == false and 0 or 1, err))
+  return out
+end
+function op.add(out, a, b) ck(C.tide_op_add(default_pool(), out._p, a._p, b._p, err)) return out end
+function op.mul(out, a, b) ck(C.tide_op_mul(default_pool(), out._p, a._p, b._p, err)) return out end
+function op.scale(out, a, s) ck(C.tide_op_scale(default_pool(), out._p, a._p, s, err)) return out end
+function op.silu(out, x) ck(C.tide_op_silu(default_pool(), out._p, x._p, err)) return out end
+function op.sigmoid(out, x) ck(C.tide_op_sigmoid(default_pool(), out._p, x._p, err)) return out end
+function op.swiglu(out, g, u) ck(C.tide_op_swiglu(default_pool(), out._p, g._p, u._p, err)) return out end
+function op.convert(out, x) ck(C.tide_op_convert(default_pool(), out._p, x._p, err)) return out end
+function op.rmsnorm(out, x, w, eps) ck(C.tide_op_rmsnorm(default_pool(), out._p, x._p, w._p, eps, err)) return out end
+function op.softmax(out, x, s) ck(C.tide_op_softmax(default_pool(), out._p, x._p, s or 1.0, err)) return out end
+function op.rope(x, pos, cfg) ck(C.tide_op_rope(default_pool(), x._p, pos._p, cfg, err)) return x end
+function op.get_rows(out, tbl, ids) ck(C.tide_op_get_rows(default_pool(), out._p, tbl._p, ids._p, err)) return out end
+function op.scatter_add(out, src, idx, w)
+  ck(C.tide_op_scatter_add(default_pool(), out._p, src._p, idx._p, w and w._p or nil, err))
+  return out
+end
+function op.topk(vals, idx, x, k) ck(C.tide_op_topk(default_pool(), vals._p, idx._p, x._p, k, err)) return vals, idx end
+function op.kv_store(cache, src, batch) ck(C.tide_op_kv_store(default_pool(), cache._p, src._p, batch, err)) end
+function op.attention(out, q, k, v, batch, s)
+  ck(C.tide_op_attention(default_pool(), out._p, q._p, k._p, v._p, batch, s, err))
+  return out
+end
+
+-- Per-op timing: profile(true) wraps every entry of `op` with a wall-clock
+-- timer (CLOCK_MONOTONIC); profile_report() returns {name -> {calls, seconds}}
+-- and resets; profile(false) restores the plain entries.
+pcall(ffi.cdef, "struct timespec { long tv_sec; long tv_nsec; }; int clock_gettime(int, struct timespec *);")
+local ts_now = ffi.new("struct timespec")
+local function now()
+  C.clock_gettime(1, ts_now)
+  return tonumber(ts_now.tv_sec) + tonumber(ts_now.tv_nsec) * 1e-9
+end
+local plain_op, prof = nil, nil
+local function profile(on)
+  if on and not plain_op then
+    plain_op, prof = {}, {}
+    for name, f in pairs(op) do
+      plain_op[name] = f
+      local rec = { calls = 0, seconds = 0 }
+      prof[name] = rec
+      op[name] = function(...)
+        local t0 = now()
+        local a, b = f(...)
+        rec.seconds = rec.seconds + (now() - t0)
+        rec.calls = rec.calls + 1
+        return a, b
+      end
+    end
+  elseif not on and plain_op then
+    for name, f in pairs(plain_op) do op[name] = f end
+    plain_op, prof = nil, nil
+  end
+end
+local function profile_report()
+  local r = {}
+  if prof then
+    for name, rec in pairs(prof) do
+      if rec.calls > 0 then r[name] = { calls = rec.calls, seconds = rec.seconds } end
+      rec.calls, rec.seconds = 0, 0
+    end
+  end
+  return r
+end
+
 local M = {
   Tensor = Tensor,
   tensor = tensor,
@@ -432,5 +661,15 @@ local M = {
   default_pool = default_pool,
   set_threads = set_threads,
   is_tensor = function(x) return getmetatable(x) == Tensor end,
+  lua_tensor = lua_tensor,
+  from_ints = from_ints,
+  workspace = workspace,
+  Workspace = Workspace,
+  fill_zero = fill_zero,
+  op = op,
+  elem_bytes = ELEM,
+  now = now,
+  profile = profile,
+  profile_report = profile_report,
 }
 return M

@@ -313,6 +313,37 @@ static void test_pool_splits_work_and_barrier(void **state) {
   free(j.hits);
 }
 
+typedef struct {
+  int32_t calls;
+} count_job_t;
+
+static void count_job(void *ctx, int32_t ith, int32_t nth) {
+  (void)ith;
+  (void)nth;
+  __atomic_add_fetch(&((count_job_t *)ctx)->calls, 1, __ATOMIC_RELAXED);
+}
+
+/* Regression: workers started by set_threads after earlier runs must not
+ * re-run the last job (they once started with a stale generation). */
+static void test_pool_new_workers_do_not_rerun_old_jobs(void **state) {
+  (void)state;
+  tide_pool_t *p;
+  tide_err_t err;
+  assert_int_equal(tide_pool_new(2, &p, &err), 0);
+  count_job_t a = {0};
+  tide_pool_run(p, count_job, &a);
+  tide_pool_run(p, count_job, &a);
+  assert_int_equal(a.calls, 4);
+  assert_int_equal(tide_pool_set_threads(p, 4, &err), 0);
+  usleep(50 * 1000); /* give stray workers time to misbehave */
+  assert_int_equal(__atomic_load_n(&a.calls, __ATOMIC_RELAXED), 4);
+  count_job_t b = {0};
+  tide_pool_run(p, count_job, &b);
+  assert_int_equal(b.calls, 4);
+  assert_int_equal(a.calls, 4);
+  tide_pool_free(p);
+}
+
 static void test_split_range_covers(void **state) {
   (void)state;
   for (int64_t n = 0; n < 50; n++)
@@ -346,6 +377,7 @@ int main(void) {
       cmocka_unit_test(test_tensor_copy_converts),    cmocka_unit_test(test_tensor_block_scales),
       cmocka_unit_test(test_storage_mmap_readonly),   cmocka_unit_test(test_arena_bump_and_reset),
       cmocka_unit_test(test_pool_splits_work_and_barrier), cmocka_unit_test(test_split_range_covers),
+      cmocka_unit_test(test_pool_new_workers_do_not_rerun_old_jobs),
       cmocka_unit_test(test_error_strings),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,65 @@
+-- Decode overhead: on dsv3-tiny, batch 1, float32, the share of a decode
+-- step spent outside the kernels (Lua model code, dispatch, KV planning,
+-- sampling), measured with Tide's per-op timing (tide.tensor profile).
+-- One JSON line per case:
+--   {"bench":"decode_overhead","model":...,"mla":...,"threads":...,"steps":N,
+--    "step_ms":..., "kernel_ms":..., "overhead_ratio":..., "tok_s_unprofiled":...}
+-- usage: tide run bench/decode_overhead.lua [MODEL] [STEPS]
+local tide = require "tide"
+local T = require "tide.tensor"
+local Sampler = require "tide.sampler"
+local ffi = require "ffi"
+
+local model_dir = arg and arg[1] or "models/dsv3-tiny"
+local steps = tonumber(arg and arg[2]) or 200
+
+local function run(m, profiled)
+  local kv = m:kv_cache()
+  local seq = assert(kv:seq_new())
+  local prompt = { 0 }
+  for i = 1, 31 do prompt[#prompt + 1] = (i * 37) % 8000 + 3 end
+  local logits = assert(m:step({ seq }, { prompt }, "last"))
+  local s = assert(Sampler.new({ temperature = 0 }, m.n_vocab))
+  local function one()
+    local tok = s:sample(ffi.cast("float*", logits:cdata().data))
+    logits = assert(m:step({ seq }, { { tok } }, "last", { reuse = true }))
+  end
+  for _ = 1, 10 do one() end -- warm up (JIT, workspace)
+  if profiled then T.profile(true) T.profile_report() end
+  collectgarbage()
+  local t0 = T.now()
+  for _ = 1, steps do one() end
+  local wall = T.now() - t0
+  local rep = profiled and T.profile_report() or {}
+  if profiled then T.profile(false) end
+  kv:seq_free(seq)
+  local k, calls = 0, 0
+  for _, r in pairs(rep) do k = k + r.seconds; calls = calls + r.calls end
+  return wall, k, calls, rep
+end
+
+for _, threads in ipairs({ 1, 2 }) do
+  for _, mla in ipairs({ "absorb", "naive" }) do
+    local m = assert(tide.load(model_dir, { mla = mla, threads = threads }))
+    -- the machine is shared: keep the least disturbed of several repetitions
+    local wall_plain = math.huge
+    for _ = 1, 3 do wall_plain = math.min(wall_plain, (run(m, false))) end
+    local wall, kern, calls, rep = math.huge, 0, 0, {}
+    for _ = 1, 5 do
+      local w, k, c, r = run(m, true)
+      if w < wall then wall, kern, calls, rep = w, k, c, r end
+    end
+    local names = {}
+    for n in pairs(rep) do names[#names + 1] = n end
+    table.sort(names, function(a, b) return rep[a].seconds > rep[b].seconds end)
+    local top = {}
+    for i = 1, math.min(4, #names) do top[i] = string.format('"%s":%.4f', names[i], rep[names[i]].seconds / wall) end
+    print(string.format('{"bench":"decode_overhead","model":"%s","mla":"%s","threads":%d,"steps":%d,' ..
+      '"step_ms":%.4f,"kernel_ms":%.4f,"outside_us":%.1f,"ops_per_step":%.1f,"overhead_ratio":%.4f,"tok_s_unprofiled":%.1f,' ..
+      '"profiled_slowdown":%.3f,"top_ops_share":{%s}}',
+      model_dir, mla, threads, steps, wall / steps * 1e3, kern / steps * 1e3, (wall - kern) / steps * 1e6, calls / steps,
+      1 - kern / wall,
+      steps / wall_plain, wall / wall_plain, table.concat(top, ",")))
+  end
+end
+return 0

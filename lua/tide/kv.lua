@@ -1,0 +1,145 @@
+-- tide.kv: the paged KV cache (src/kvcache.c) seen from Lua. The cache owns
+-- blocks and block tables; this wrapper adds the step arrays (a ragged batch
+-- of tokens of many sequences) and the layer tensors as Tensors.
+--
+--   local kv = require("tide.kv").new({ {n_kv_head=2, k_dim=32, v_dim=32}, ... },
+--                                      { block = 16, blocks = 256, dtype = "f32" })
+--   local s = kv:seq_new()
+--   local batch, pos = kv:step({ s }, { 5 })   -- tide_batch_t*, i32 positions (n_tok)
+local F = require "tide.ffi"
+local T = require "tide.tensor"
+local ffi, C = F.ffi, F.C
+local err = F.err
+
+local KV = {}
+KV.__index = KV
+
+local M = { KV = KV }
+
+-- layouts: one {n_kv_head, k_dim, v_dim} per layer (v_dim 0: V is read from
+-- the first `v_from_k` columns of K, MLA). opts: block (16), blocks (count),
+-- dtype ("f32" | "bf16" | "f16").
+function M.new(layouts, opts)
+  opts = opts or {}
+  local n = #layouts
+  if n == 0 then return nil, "kv: no layers" end
+  local lo = ffi.new("tide_kv_layout_t[?]", n)
+  for i, l in ipairs(layouts) do
+    lo[i - 1].n_kv_head = l.n_kv_head
+    lo[i - 1].k_dim = l.k_dim
+    lo[i - 1].v_dim = l.v_dim or 0
+  end
+  local block = opts.block or 16
+  local blocks = opts.blocks or 256
+  local dt = T.dtype_id(opts.dtype or "f32")
+  local out = ffi.new("tide_kvcache_t*[1]")
+  if C.tide_kvcache_new(n, lo, block, blocks, dt, out, err) ~= 0 then return nil, F.errmsg() end
+  local self = setmetatable({
+    _c = ffi.gc(out[0], C.tide_kvcache_free),
+    n_layer = n,
+    block_size = block,
+    n_blocks = blocks,
+    dtype = T.dtype_names[dt],
+    layouts = layouts,
+    k = {}, v = {},
+    cap_tok = 0, cap_table = 0,
+    batch = ffi.new("tide_batch_t"),
+    seqs_arr = ffi.new("int32_t[?]", 64), n_new_arr = ffi.new("int32_t[?]", 64), cap_seq = 64,
+  }, KV)
+  for l = 1, n do
+    -- borrowed from the cache: anchor the cache in the Tensor
+    local kp = C.tide_kvcache_k(self._c, l - 1)
+    self.k[l] = setmetatable({ _p = kp, _keep = self }, T.Tensor)
+    local vp = C.tide_kvcache_v(self._c, l - 1)
+    if vp ~= nil then
+      self.v[l] = setmetatable({ _p = vp, _keep = self }, T.Tensor)
+    else
+      local vf = layouts[l].v_from_k
+      if vf then
+        local k = self.k[l]
+        local kd = layouts[l].k_dim * layouts[l].n_kv_head
+        self.v[l] = k:as_strided({ blocks, block, layouts[l].n_kv_head, vf },
+          { block * kd, kd, layouts[l].k_dim, 1 }, 0)
+      end
+    end
+  end
+  return self
+end
+
+function KV:free_blocks() return C.tide_kvcache_free_blocks(self._c) end
+function KV:bytes_per_token(layer) return tonumber(C.tide_kvcache_bytes_per_token(self._c, layer and layer - 1 or -1)) end
+function KV:nbytes() return tonumber(C.tide_kvcache_nbytes(self._c)) end
+function KV:seq_count() return C.tide_kvcache_seq_count(self._c) end
+
+function KV:seq_new()
+  local s = ffi.new("int32_t[1]")
+  if C.tide_kvcache_seq_new(self._c, s, err) ~= 0 then return nil, F.errmsg() end
+  return s[0]
+end
+
+function KV:seq_fork(src)
+  local s = ffi.new("int32_t[1]")
+  if C.tide_kvcache_seq_fork(self._c, src, s, err) ~= 0 then return nil, F.errmsg() end
+  return s[0]
+end
+
+function KV:seq_free(seq)
+  if C.tide_kvcache_seq_free(self._c, seq, err) ~= 0 then return nil, F.errmsg() end
+  return true
+end
+
+function KV:seq_len(seq) return C.tide_kvcache_seq_len(self._c, seq) end
+
+function KV:seq_truncate(seq, len)
+  if C.tide_kvcache_seq_truncate(self._c, seq, len, err) ~= 0 then return nil, F.errmsg() end
+  return true
+end
+
+local function grow(self, n_tok, n_table)
+  if n_tok > self.cap_tok then
+    local cap = math.max(n_tok, self.cap_tok * 2, 64)
+    self.tok_seq = T.zeros({ cap }, "i32")
+    self.tok_pos = T.zeros({ cap }, "i32")
+    self.cap_tok = cap
+  end
+  if n_table > self.cap_table then
+    local cap = math.max(n_table, self.cap_table * 2, 256)
+    self.table = T.zeros({ cap }, "i32")
+    self.cap_table = cap
+  end
+end
+
+-- Plan one step: n_new[i] tokens appended to seqs[i]. Returns the batch
+-- (tide_batch_t, valid until the next step) and the positions as an i32
+-- tensor (n_tok), or nil, err (nothing changed then).
+function KV:step(seqs, n_new)
+  local ns = #seqs
+  if ns > self.cap_seq then
+    self.cap_seq = ns * 2
+    self.seqs_arr = ffi.new("int32_t[?]", self.cap_seq)
+    self.n_new_arr = ffi.new("int32_t[?]", self.cap_seq)
+  end
+  local n_tok, max_blocks = 0, 1
+  local bs = self.block_size
+  for i = 1, ns do
+    self.seqs_arr[i - 1] = seqs[i]
+    self.n_new_arr[i - 1] = n_new[i]
+    n_tok = n_tok + n_new[i]
+    local len = C.tide_kvcache_seq_len(self._c, seqs[i])
+    local nb = math.ceil((math.max(len, 0) + n_new[i]) / bs)
+    if nb > max_blocks then max_blocks = nb end
+  end
+  grow(self, n_tok, max_blocks * ns)
+  local rc = C.tide_kvcache_step(self._c, ns, self.seqs_arr, self.n_new_arr, self.batch,
+    ffi.cast("int32_t*", self.tok_seq._p.data), ffi.cast("int32_t*", self.tok_pos._p.data), self.cap_tok,
+    ffi.cast("int32_t*", self.table._p.data), self.cap_table, err)
+  if rc ~= 0 then return nil, F.errmsg() end
+  local pos = self.pos_view
+  if pos == nil or tonumber(pos._p.shape[0]) ~= n_tok or pos._keep ~= self.tok_pos then
+    pos = T.lua_tensor(C.TIDE_DTYPE_I32, self.tok_pos._p.data, self.tok_pos, 1, n_tok)
+    self.pos_view = pos
+  end
+  return self.batch, pos
+end
+
+return M

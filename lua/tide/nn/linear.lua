@@ -1,0 +1,20 @@
+-- nn.Linear: y (n, out) = x (n, in) @ W^T, W (out, in) in its stored dtype
+-- (f32/bf16/f16, or FP8 with block scales attached); no bias.
+local T = require "tide.tensor"
+
+local Linear = {}
+Linear.__index = Linear
+
+function Linear.new(weight)
+  local s = weight:shape()
+  return setmetatable({ weight = weight, out_features = s[1], in_features = s[2] }, Linear)
+end
+
+-- out: a workspace tensor named key (or the given out tensor).
+function Linear:forward(ws, key, x, out)
+  out = out or ws:get(key, tonumber(x._p.shape[0]), self.out_features)
+  T.op.matmul(out, x, self.weight)
+  return out
+end
+
+return Linear

@@ -1,0 +1,191 @@
+-- nn.MLA: DeepSeek multi-head latent attention over a paged cache of
+-- latent rows [kv_a_layernorm(latent) (kv_lora_rank) | rope(k_pe) (qk_rope_head_dim)],
+-- one row per token shared by all heads. Two modes read the same cache:
+--   naive:  gather each sequence's latent rows, decompress K/V per head with
+--           kv_b_proj, attend (good for long prefill);
+--   absorb: fold kv_b_proj's K part into the query (attend over the latent
+--           rows as MQA, V = the latent part of the same rows), then apply
+--           kv_b_proj's V part per head (good for decode).
+local ffi = require "ffi"
+local T = require "tide.tensor"
+local Linear = require "tide.nn.linear"
+local RMSNorm = require "tide.nn.rmsnorm"
+
+local MLA = {}
+MLA.__index = MLA
+
+-- w: q_a, q_a_norm, q_b (or q), kv_a, kv_a_norm, kv_b, o; cfg: n_head,
+-- q_lora_rank, kv_lora_rank, qk_nope, qk_rope, v_head_dim, rope, scale, eps, mode
+function MLA.new(w, cfg)
+  local self = setmetatable({
+    n_head = cfg.n_head, kvl = cfg.kv_lora_rank, dn = cfg.qk_nope, dr = cfg.qk_rope, dv = cfg.v_head_dim,
+    rope = cfg.rope, scale = cfg.scale, mode = cfg.mode or "naive", keys = {},
+    kv_a = Linear.new(w.kv_a), kv_norm = RMSNorm.new(w.kv_a_norm, cfg.eps),
+    kv_b = Linear.new(w.kv_b), o = Linear.new(w.o),
+  }, MLA)
+  for h = 1, cfg.n_head do -- workspace keys of the per-head views
+    self.keys[h] = { qn = "mla.qn" .. h, qa = "mla.qa" .. h, ol = "mla.ol" .. h, at = "mla.at" .. h }
+  end
+  if w.q_a then
+    self.q_a = Linear.new(w.q_a)
+    self.q_a_norm = RMSNorm.new(w.q_a_norm, cfg.eps)
+    self.q_b = Linear.new(w.q_b)
+  else
+    self.q_proj = Linear.new(w.q)
+  end
+  return self
+end
+
+function MLA:kv_layout()
+  return { n_kv_head = 1, k_dim = self.kvl + self.dr, v_dim = 0, v_from_k = self.kvl }
+end
+
+-- Per-head slices of kv_b_proj for the absorbed mode: W_uk[h] (dn, kvl) and
+-- W_uv[h] (dv, kvl). Views of the stored weight; a weight with block scales
+-- (FP8) is dequantized to f32 once, since a 64-row slice does not line up
+-- with its 128x128 scale blocks.
+function MLA:absorb_weights()
+  if self.wuk then return end
+  local w = self.kv_b.weight
+  if w:cdata().scale ~= nil then w = w:copy("f32") end
+  self.wuk, self.wuv = {}, {}
+  local per = self.dn + self.dv
+  for h = 1, self.n_head do
+    self.wuk[h] = w:narrow(1, (h - 1) * per + 1, self.dn)
+    self.wuv[h] = w:narrow(1, (h - 1) * per + self.dn + 1, self.dv)
+  end
+end
+
+-- Views of the latent cache of a layer: the whole row, its [start, start+len) columns,
+-- and the (n_blocks * block_size, row) table used to gather rows.
+local function cache_views(kv, layer, kvl, dr)
+  kv.mla_views = kv.mla_views or {}
+  local v = kv.mla_views[layer]
+  if v then return v end
+  local c = kv.k[layer]
+  local nb, bs, D = kv.n_blocks, kv.block_size, kvl + dr
+  v = {
+    full = c,
+    lat = c:as_strided({ nb, bs, 1, kvl }, { bs * D, D, D, 1 }, 0),
+    pe = c:as_strided({ nb, bs, 1, dr }, { bs * D, D, D, 1 }, kvl),
+    flat = c:as_strided({ nb * bs, D }),
+    v = kv.v[layer],
+  }
+  kv.mla_views[layer] = v
+  return v
+end
+
+function MLA:forward(ctx, layer, x)
+  local ws, n = ctx.ws, tonumber(x._p.shape[0])
+  local H, dn, dr, dv, kvl = self.n_head, self.dn, self.dr, self.dv, self.kvl
+  local dq = dn + dr
+  -- queries (n, H, dn + dr); rope on the last dr of each head
+  local q
+  if self.q_a then
+    local qa = self.q_a:forward(ws, "mla.qa", x)
+    self.q_a_norm:forward(ws, nil, qa, qa)
+    q = self.q_b:forward(ws, "mla.q", qa)
+  else
+    q = self.q_proj:forward(ws, "mla.q", x)
+  end
+  local q_pe = ws:view("mla.qpe", q, dn, n, H, dr, nil, H * dq, dq, 1)
+  T.op.rope(q_pe, ctx.pos, self.rope)
+  -- the latent row of each new token, into the cache
+  local kva = self.kv_a:forward(ws, "mla.kva", x) -- (n, kvl + dr)
+  local lat = self.kv_norm:forward(ws, "mla.lat", ws:view("mla.latin", kva, 0, n, kvl, nil, nil, kvl + dr, 1))
+  local k_pe = ws:view("mla.kpe", kva, kvl, n, 1, dr, nil, kvl + dr, dr, 1)
+  T.op.rope(k_pe, ctx.pos, self.rope)
+  local cv = cache_views(ctx.kv, layer, kvl, dr)
+  T.op.kv_store(cv.lat, ws:view("mla.lat3", lat, 0, n, 1, kvl), ctx.batch)
+  T.op.kv_store(cv.pe, k_pe, ctx.batch)
+  local attn
+  if (ctx.mla or self.mode) == "absorb" then
+    attn = self:attend_absorbed(ctx, cv, q, q_pe, n)
+  else
+    attn = self:attend_naive(ctx, cv, q, n)
+  end
+  return self.o:forward(ws, "mla.out", attn)
+end
+
+function MLA:attend_absorbed(ctx, cv, q, q_pe, n)
+  local ws = ctx.ws
+  local H, dn, dr, dv, kvl = self.n_head, self.dn, self.dr, self.dv, self.kvl
+  local dq, D = dn + dr, kvl + dr
+  self:absorb_weights()
+  local qa = ws:get("mla.qabs", n, H, D)
+  local tmp = ws:get("mla.qh", n, kvl)
+  for h = 1, H do
+    local kk = self.keys[h]
+    local qn = ws:view(kk.qn, q, (h - 1) * dq, n, dn, nil, nil, H * dq, 1)
+    if n == 1 then -- one row: the head's slice is contiguous, write it in place
+      T.op.matmul(ws:view(kk.qa, qa, (h - 1) * D, 1, kvl), qn, self.wuk[h], false)
+    else
+      T.op.matmul(tmp, qn, self.wuk[h], false)
+      T.op.convert(ws:view(kk.qa, qa, (h - 1) * D, n, kvl, nil, nil, H * D, 1), tmp)
+    end
+  end
+  T.op.convert(ws:view("mla.qape", qa, kvl, n, H, dr, nil, H * D, D, 1), q_pe)
+  local o = ws:get("mla.olat", n, H, kvl)
+  T.op.attention(o, qa, cv.full, cv.v, ctx.batch, self.scale)
+  local attn = ws:get("mla.attn", n, H * dv)
+  local vh = ws:get("mla.vh", n, dv)
+  for h = 1, H do
+    local kk = self.keys[h]
+    local oh = ws:view(kk.ol, o, (h - 1) * kvl, n, kvl, nil, nil, H * kvl, 1)
+    if n == 1 then
+      T.op.matmul(ws:view(kk.at, attn, (h - 1) * dv, 1, dv), oh, self.wuv[h])
+    else
+      T.op.matmul(vh, oh, self.wuv[h])
+      T.op.convert(ws:view(kk.at, attn, (h - 1) * dv, n, dv, nil, nil, H * dv, 1), vh)
+    end
+  end
+  return attn
+end
+
+function MLA:attend_naive(ctx, cv, q, n)
+  local ws, b, kv = ctx.ws, ctx.batch, ctx.kv
+  local H, dn, dr, dv, kvl = self.n_head, self.dn, self.dr, self.dv, self.kvl
+  local dq, D, per = dn + dr, kvl + dr, dn + dv
+  -- context length of each sequence in the step
+  local ns, bs, mb = b.n_seq, b.block_size, b.max_blocks
+  local L = ctx.seq_ctx_len
+  local Lmax = 0
+  for s = 0, ns - 1 do if L[s] > Lmax then Lmax = L[s] end end
+  local R = ns * Lmax
+  -- gather every sequence's latent rows (padding repeats a valid slot)
+  local ids = ws:get_i32("mla.gids", R)
+  local idp = ffi.cast("int32_t*", ids._p.data)
+  for s = 0, ns - 1 do
+    for p = 0, Lmax - 1 do
+      local pp = p < L[s] and p or 0
+      idp[s * Lmax + p] = b.block_table[s * mb + math.floor(pp / bs)] * bs + pp % bs
+    end
+  end
+  local rows = ws:get("mla.rows", R, D)
+  T.op.get_rows(rows, cv.flat, ids)
+  -- decompress: (R, H * (dn + dv))
+  local kvd = ws:get("mla.kvd", R, H * per)
+  T.op.matmul(kvd, ws:view("mla.rlat", rows, 0, R, kvl, nil, nil, D, 1), self.kv_b.weight)
+  -- K (ns, Lmax, H, dn + dr) = [k_nope | k_pe broadcast over heads]
+  local K = ws:get("mla.K", ns, Lmax, H, dq)
+  T.op.convert(ws:view("mla.Kn", K, 0, R, H, dn, nil, H * dq, dq, 1), ws:view("mla.kvn", kvd, 0, R, H, dn, nil, H * per, per, 1))
+  local bids = ws:get_i32("mla.bids", R * H)
+  local bp = ffi.cast("int32_t*", bids._p.data)
+  for i = 0, R - 1 do for h = 0, H - 1 do bp[i * H + h] = i end end
+  local pe = ws:get("mla.peb", R * H, dr)
+  T.op.get_rows(pe, ws:view("mla.rpe", rows, kvl, R, dr, nil, nil, D, 1), bids)
+  T.op.convert(ws:view("mla.Kpe", K, dn, R * H, dr, nil, nil, dq, 1), pe)
+  local V = ws:view("mla.V", kvd, dn, ns, Lmax, H, dv, Lmax * H * per, H * per, per, 1)
+  -- a batch over this temporary cache: one block per sequence
+  local tb = ctx.tmp_batch
+  local tt = ws:get_i32("mla.ttab", ns)
+  local ttp = ffi.cast("int32_t*", tt._p.data)
+  for s = 0, ns - 1 do ttp[s] = s end
+  tb.n_tok, tb.n_seq, tb.max_blocks, tb.block_size = b.n_tok, ns, 1, Lmax
+  tb.tok_seq, tb.tok_pos, tb.block_table = b.tok_seq, b.tok_pos, ttp
+  local o = ws:get("mla.o", n, H, dv)
+  T.op.attention(o, ws:view("mla.q3", q, 0, n, H, dq), K, V, tb, self.scale)
+  return ws:view("mla.o2", o, 0, n, H * dv)
+end
+
+return MLA

@@ -1,0 +1,179 @@
+-- nn.MoE: DeepSeekMoE as route -> dispatch -> experts -> combine.
+--   route:    router logits x @ gate^T in f32, sigmoid scores; choice scores
+--             = scores + e_score_correction_bias; group score = sum of the
+--             top-2 choice scores of each group; keep topk_group groups;
+--             top num_experts_per_tok experts among them (others count as 0,
+--             as in the reference); weights = unbiased scores of the chosen,
+--             normalized (norm_topk_prob) and times routed_scaling_factor.
+--   dispatch: token rows gathered in expert order (one permutation);
+--   experts:  each expert runs one GEMM per projection over its rows;
+--   combine:  weighted scatter-add back to token order, plus shared experts.
+-- With one rank dispatch/combine are a permutation; a communicator can take
+-- their place without touching the model.
+local ffi = require "ffi"
+local T = require "tide.tensor"
+local MLP = require "tide.nn.mlp"
+
+local MoE = {}
+MoE.__index = MoE
+
+-- w: gate (E, dim), bias (E) or nil, experts {gate, up, down}[E], shared {gate, up, down} or nil
+-- cfg: n_group, topk_group, top_k, norm_topk_prob, routed_scaling_factor
+function MoE.new(w, cfg)
+  local E = w.gate:shape()[1]
+  local self = setmetatable({
+    gate = w.gate, n_expert = E, dim = w.gate:shape()[2],
+    n_group = cfg.n_group or 1, topk_group = cfg.topk_group or 1, top_k = cfg.top_k,
+    norm = cfg.norm_topk_prob, rscale = cfg.routed_scaling_factor or 1.0,
+    experts = {}, bias = ffi.new("float[?]", E),
+    loads = ffi.new("int64_t[?]", E), -- tokens routed to each expert (statistics)
+  }, MoE)
+  if w.bias then
+    local b = w.bias:tolist()
+    for e = 1, E do self.bias[e - 1] = b[e] end
+  end
+  self.keys = {} -- workspace keys of the per-expert row views
+  for e = 1, E do
+    self.keys[e] = { x = "moe.x" .. e, g = "moe.g" .. e, u = "moe.u" .. e, y = "moe.y" .. e }
+  end
+  for e = 1, E do
+    local x = w.experts[e]
+    self.experts[e] = MLP.new(x.gate, x.up, x.down)
+  end
+  self.inter = self.experts[1].hidden
+  if w.shared then self.shared = MLP.new(w.shared.gate, w.shared.up, w.shared.down) end
+  if E % self.n_group ~= 0 then error("moe: n_routed_experts " .. E .. " not divisible by n_group " .. self.n_group) end
+  return self
+end
+
+-- Routing of n tokens from scores (n, E) f32: fills sel[t*k + j] (expert id)
+-- and wt[t*k + j] (weight).
+function MoE:route(scores, n, sel, wt)
+  local E, G, TG, K = self.n_expert, self.n_group, self.topk_group, self.top_k
+  local per = E / G
+  local bias = self.bias
+  local s = ffi.cast("float*", scores._p.data)
+  local choice = self.choice_buf
+  if not choice then
+    choice = ffi.new("float[?]", E)
+    self.choice_buf = choice
+    self.gscore = ffi.new("float[?]", G)
+    self.gkeep = ffi.new("uint8_t[?]", G)
+  end
+  local gscore, gkeep = self.gscore, self.gkeep
+  for t = 0, n - 1 do
+    local row = s + t * E
+    for e = 0, E - 1 do choice[e] = row[e] + bias[e] end
+    if G > 1 then
+      for g = 0, G - 1 do
+        local a, b = -math.huge, -math.huge
+        for e = g * per, g * per + per - 1 do
+          local v = choice[e]
+          if v > a then a, b = v, a elseif v > b then b = v end
+        end
+        gscore[g] = per >= 2 and a + b or a
+        gkeep[g] = 0
+      end
+      for _ = 1, TG do
+        local best = -1
+        for g = 0, G - 1 do
+          if gkeep[g] == 0 and (best < 0 or gscore[g] > gscore[best]) then best = g end
+        end
+        gkeep[best] = 1
+      end
+      for g = 0, G - 1 do
+        if gkeep[g] == 0 then for e = g * per, g * per + per - 1 do choice[e] = 0.0 end end
+      end
+    end
+    -- top K by choice score (ties to the lower id); mark taken with -inf
+    local sum = 0.0
+    for j = 0, K - 1 do
+      local best = 0
+      local bv = -math.huge
+      for e = 0, E - 1 do
+        local v = choice[e]
+        if v > bv then best, bv = e, v end
+      end
+      choice[best] = -math.huge
+      sel[t * K + j] = best
+      local w = row[best]
+      wt[t * K + j] = w
+      sum = sum + w
+    end
+    local f = self.rscale
+    if self.norm then f = f / (sum + 1e-20) end
+    for j = 0, K - 1 do wt[t * K + j] = wt[t * K + j] * f end
+  end
+end
+
+-- x (n, dim) -> (n, dim) in workspace slot key.
+function MoE:forward(ctx, x, key)
+  local ws, n = ctx.ws, tonumber(x._p.shape[0])
+  local E, K, dim, I = self.n_expert, self.top_k, self.dim, self.inter
+  -- route
+  local logits = ws:get("moe.logits", n, E)
+  T.op.matmul(logits, x, self.gate)
+  T.op.sigmoid(logits, logits)
+  local nk = n * K
+  local sel = ws:get_i32("moe.sel", nk)
+  local wt = ws:get("moe.wt", nk)
+  local selp, wtp = ffi.cast("int32_t*", sel._p.data), ffi.cast("float*", wt._p.data)
+  self:route(logits, n, selp, wtp)
+  -- dispatch: rows ordered by expert (counting sort, stable in token order)
+  local cnt = self.cnt or ffi.new("int32_t[?]", E + 1)
+  self.cnt = cnt
+  ffi.fill(cnt, (E + 1) * 4)
+  for i = 0, nk - 1 do cnt[selp[i] + 1] = cnt[selp[i] + 1] + 1 end
+  for e = 1, E do cnt[e] = cnt[e] + cnt[e - 1] end
+  local tok = ws:get_i32("moe.tok", nk)   -- token of each dispatched row
+  local rw = ws:get("moe.rw", nk)         -- its weight
+  local tokp, rwp = ffi.cast("int32_t*", tok._p.data), ffi.cast("float*", rw._p.data)
+  local fill = self.fill or ffi.new("int32_t[?]", E)
+  self.fill = fill
+  for e = 0, E - 1 do fill[e] = cnt[e] end
+  for i = 0, nk - 1 do
+    local e = selp[i]
+    local r = fill[e]
+    fill[e] = r + 1
+    tokp[r] = math.floor(i / K)
+    rwp[r] = wtp[i]
+  end
+  local xg = ws:get("moe.xg", nk, dim)
+  T.op.get_rows(xg, x, tok)
+  -- experts: one GEMM per projection over each expert's rows
+  local g = ws:get("moe.g", nk, I)
+  local u = ws:get("moe.u", nk, I)
+  local y = ws:get("moe.y", nk, dim)
+  local loads = self.loads
+  for e = 0, E - 1 do
+    local r0, m = cnt[e], cnt[e + 1] - cnt[e]
+    if m > 0 then
+      loads[e] = loads[e] + m
+      local k = self.keys[e + 1]
+      self.experts[e + 1]:forward_into(ws:view(k.y, y, r0 * dim, m, dim), ws:view(k.x, xg, r0 * dim, m, dim),
+        ws:view(k.g, g, r0 * I, m, I), ws:view(k.u, u, r0 * I, m, I))
+    end
+  end
+  -- combine (+ shared experts)
+  local out
+  if self.shared then
+    out = self.shared:forward(ws, key, x)
+  else
+    out = ws:get(key, n, dim)
+    T.fill_zero(out)
+  end
+  T.op.scatter_add(out, y, tok, rw)
+  return out
+end
+
+-- Tokens routed to each expert since load (or the last reset).
+function MoE:expert_loads(reset)
+  local t = {}
+  for e = 0, self.n_expert - 1 do
+    t[e + 1] = tonumber(self.loads[e])
+    if reset then self.loads[e] = 0 end
+  end
+  return t
+end
+
+return MoE
