@@ -22,7 +22,6 @@ M.Model = Model
 local ARCHS = {
   llama = "tide.models.llama",
   LlamaForCausalLM = "tide.models.llama",
-  mistral = "tide.models.llama",
   deepseek_v3 = "tide.models.deepseek_v3",
   DeepseekV3ForCausalLM = "tide.models.deepseek_v3",
 }
@@ -65,45 +64,14 @@ end
 
 -- ---- loading ---------------------------------------------------------------------
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
+-- config.json through tide.config (normalized, defaults filled in).
 local function load_config(dir)
-  local path = dir .. "/config.json"
-  local okc, cfgmod = pcall(require, "tide.config")
-  if okc and type(cfgmod) == "table" and cfgmod.load then
-    local cfg, e = cfgmod.load(path)
-    if not cfg then return nil, e end
-    return cfg
-  end
-  local s = read_file(path)
-  if not s then return nil, path .. ": cannot read" end
-  local okj, cjson = pcall(require, "cjson.safe")
-  if not okj then return nil, "no JSON reader (tide.config or cjson) to read " .. path end
-  local cfg, e = cjson.decode(s)
-  if type(cfg) ~= "table" then return nil, path .. ": bad JSON: " .. tostring(e) end
-  -- cjson's null sentinel -> nil
-  for k, v in pairs(cfg) do if v == cjson.null then cfg[k] = nil end end
-  return cfg
+  return require("tide.config").load(dir .. "/config.json")
 end
 
 local function attach_tokenizer(model, dir)
-  local ok, mod = pcall(require, "tide.tokenizer")
-  if not ok then
-    model.tokenizer_error = "tokenizer module tide.tokenizer is not available: " .. tostring(mod)
-    return
-  end
-  local ok2, tok, e = pcall(function()
-    if type(mod) == "table" and type(mod.load) == "function" then return mod.load(dir) end
-    if type(mod) == "table" and type(mod.new) == "function" then return mod.new(dir) end
-    return mod(dir) -- a function, or a table with __call
-  end)
-  if not ok2 then e, tok = tok, nil end
+  local ok, tok, e = pcall(function() return require("tide.tokenizer").load(dir) end)
+  if not ok then e, tok = tok, nil end
   if tok then model.tokenizer = tok else model.tokenizer_error = "tokenizer: " .. tostring(e) end
 end
 

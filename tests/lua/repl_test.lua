@@ -53,7 +53,7 @@ function T.tmux_session_history_and_ctrl_d()
   end
   local function screen() return (sh(tmux .. " capture-pane -p -t " .. sess)) end
   local function wait_for(pattern, what)
-    for _ = 1, 100 do
+    for _ = 1, 300 do -- up to 30 s: the machine may be busy
       local s = screen()
       if s:find(pattern, 1, true) then return s end
       os.execute("sleep 0.1")
@@ -69,10 +69,14 @@ function T.tmux_session_history_and_ctrl_d()
     keys("t:matmul(t)", "Enter")
     wait_for("[15, 22]", "the matmul result")
     keys("Up")
-    os.execute("sleep 0.3")
-    local s = screen()
-    local last = nil
-    for line in s:gmatch("[^\n]+") do if line:find("%S") then last = line end end
+    -- the recalled line appears as the last non-blank line of the screen
+    local last
+    for _ = 1, 200 do
+      last = nil
+      for line in screen():gmatch("[^\n]+") do if line:find("%S") then last = line end end
+      if last and last:find("> t:matmul(t)", 1, true) then break end
+      os.execute("sleep 0.1")
+    end
     H.truthy(last and last:find("> t:matmul(t)", 1, true), "up arrow recalls the last line: " .. tostring(last))
     keys("C-u")
     keys("C-d")
