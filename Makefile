@@ -128,3 +128,16 @@ UNICODE_DIR ?= /usr/share/unicode
 all: lua/tide/unicode_gen.lua
 lua/tide/unicode_gen.lua: scripts/gen_unicode.lua $(UNICODE_DIR)/UnicodeData.txt $(UNICODE_DIR)/PropList.txt $(UNICODE_DIR)/DerivedCoreProperties.txt
 	luajit scripts/gen_unicode.lua $(UNICODE_DIR) $@
+
+# ---- MPI (Open MPI): flags from the mpicc wrapper; libtide links libmpi, but
+# MPI is initialised only when a script asks for it (src/comm_mpi.c).
+MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell mpicc --showme:link 2>/dev/null)
+BASE_CFLAGS += $(MPI_CFLAGS)
+LIBS += $(MPI_LIBS)
+ifeq ($(strip $(MPI_CFLAGS)),)
+BASE_CFLAGS += -DTIDE_NO_MPI
+endif
+
+# quantization: the dtype traits table (src/dtype.c) points at the block formats in kernels/quant.c
+FUZZ_LIB_SRC += kernels/quant.c

@@ -1,6 +1,9 @@
 /* matmul.c: out (M, N) = a (M, K) @ b^T (trans_b = 1, b (N, K)) or a @ b (trans_b = 0, b (K, N)).
  *
  * Paths, chosen per call:
+ *  - b in a GGML block format with a dot kernel (q8_0, q4_0, q4_k, q6_k; trans_b = 1)
+ *    and M <= TIDE_QUANT_DOT_MAX_M: kernels/quant_dot.c (rows of a quantized to
+ *    q8 blocks once, integer dots threaded over N).
  *  - small M (decode and small MoE expert batches; trans_b = 1, b rows dense,
  *    b f32/f16/bf16/f8_e4m3): direct dot kernels read b's rows in their own
  *    format, no conversion pass. M = 1: 4 rows of b at a time; M > 1: tiles
@@ -35,6 +38,7 @@
 #include <stdlib.h>
 
 #include "kern.h"
+#include "quant.h"
 
 #define SMALL_M 16 /* largest M of the direct path (f16/bf16 b); f32 and f8 b use it up to M = 4 */
 #define NB_T 128 /* panel width, trans_b = 1 (rows of b) */
@@ -206,6 +210,14 @@ int tide_op_matmul(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *a
     for (int64_t m = 0; m < c.M; m++) tide_k_load(a, m, 0, c.K, abuf + m * c.K);
     c.A = abuf;
     c.lda = c.K;
+  }
+
+  /* GGML block weights (q8_0, q4_0, q4_k, q6_k), up to TIDE_QUANT_DOT_MAX_M rows of a: integer dots against the
+   * rows of a quantized on the fly (kernels/quant_dot.c); beyond, converted panels and sgemm (below) */
+  if (trans_b && tide_quant_has_dot(b->dtype) && !b->scale && c.M <= TIDE_QUANT_DOT_MAX_M) {
+    rc = tide_quant_matmul(pool, c.out, c.A, c.lda, b, c.M, c.N, c.K, err);
+    free(abuf);
+    return rc;
   }
 
   const tide_dtype_traits_t *tr = tide_dtype_traits(b->dtype);

@@ -20,6 +20,9 @@
 #include <stdint.h>
 
 #include "dtype.h"
+#include "error.h"
+#include "pool.h"
+#include "tensor.h"
 
 #define TIDE_QK 32   /* q8_0 / q4_0 block */
 #define TIDE_QK_K 256 /* k-quant super-block */
@@ -39,10 +42,21 @@ void tide_quant_from_float_q8_k(const float *src, void *dst, int64_t n);
 
 /* ---- dots (kernels/quant_dot.c, kernels/avx2/quant_avx2.c) ----
  * dot(w, a) over n values, w a row in a weight format, a the activation row
- * already quantized to the format tide_quant_act_dtype(w's dtype) gives. */
+ * made by tide_quant_act_quantize for w's dtype. */
 typedef float (*tide_quant_dot_fn)(const void *w, const void *a, int64_t n);
 /* Activation format for weight dtype dt (q8_0 for q8_0/q4_0, q8_k for q4_k/q6_k), or -1. */
 int32_t tide_quant_act_dtype(int32_t dt);
+/* An activation row for the dots of weight dtype dt: K values quantized to
+ * tide_quant_act_dtype(dt) blocks, and for q4_0 weights followed by two floats
+ * per 32-value block, {d, d * sum(q)} (the block's scale as f32 and its scaled
+ * sum, so the q4_0 dot can take the weights' -8 offset out of the inner loop).
+ * Bytes per row, and the quantizer (x: K floats). */
+int64_t tide_quant_act_row_bytes(int32_t dt, int64_t K);
+void tide_quant_act_quantize(int32_t dt, const float *x, void *a, int64_t K);
+/* AVX2 activation quantizers, byte-identical to the references (q8_0: with the
+ * {d, d * sum q} floats written to aux when aux is not NULL). */
+void tide_quant_act_q8_0_avx2(const float *x, void *dst, int64_t n, void *aux);
+void tide_quant_act_q8_k_avx2(const float *x, void *dst, int64_t n);
 /* 1 when dt has a quantized dot kernel. */
 int tide_quant_has_dot(int32_t dt);
 /* The dot for weight dtype dt: the AVX2 one when the CPU has it, else the portable one; NULL if none. */
@@ -59,5 +73,31 @@ float tide_quant_dot_q8_0_avx2(const void *w, const void *a, int64_t n);
 float tide_quant_dot_q4_0_avx2(const void *w, const void *a, int64_t n);
 float tide_quant_dot_q4_k_avx2(const void *w, const void *a, int64_t n);
 float tide_quant_dot_q6_k_avx2(const void *w, const void *a, int64_t n);
+
+/* Tiles: out[m] = dot(w, a[m]) for the 4 activation rows a[0..3] (repeat a pointer
+ * for fewer rows); the weight row is decoded once per block for all 4. */
+typedef void (*tide_quant_tile4_fn)(const void *w, const void *const *a, int64_t n, float *out);
+tide_quant_tile4_fn tide_quant_tile4(int32_t dt);   /* dispatched */
+tide_quant_tile4_fn tide_quant_tile4_c(int32_t dt); /* portable: four dots of tide_quant_dot_c */
+tide_quant_tile4_fn tide_quant_tile4_avx2(int32_t dt);
+void tide_quant_tile4_q8_0_avx2(const void *w, const void *const *a, int64_t n, float *out);
+void tide_quant_tile4_q4_0_avx2(const void *w, const void *const *a, int64_t n, float *out);
+void tide_quant_tile4_q4_k_avx2(const void *w, const void *const *a, int64_t n, float *out);
+void tide_quant_tile4_q6_k_avx2(const void *w, const void *const *a, int64_t n, float *out);
+
+/* tide_op_matmul uses tide_quant_matmul up to this many rows of a; beyond, it
+ * converts panels of b to f32 (scalar dequantization) and calls sgemm.
+ * Measured with bench/quant_bench.c, 2 threads, K = 4096, on this shared
+ * 2-core machine (so +-20% between runs), GOP/s: integer dots flat at 70-100
+ * from M = 4 to 256; panels + sgemm 25-40 at M = 16, 47-71 at 32, 59-74 at 64,
+ * then 53-90 at 128 and 57-99 at 256 (two runs). The dots win clearly up to 64;
+ * past it neither wins consistently here, and the panels keep f32 activations. */
+#define TIDE_QUANT_DOT_MAX_M 64
+
+/* out (M, N) = A (M, K) @ b^T for b (N, K) in a dtype with a dot kernel (dense
+ * rows, no block scales, K a multiple of its block size): each row of A is
+ * quantized once to the activation format, then dots run threaded over N. */
+int tide_quant_matmul(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b, int64_t M,
+                      int64_t N, int64_t K, tide_err_t *err);
 
 #endif

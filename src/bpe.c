@@ -28,6 +28,8 @@ typedef struct {
 } cache_slot_t;
 
 #define CACHE_MAX_SLOTS ((size_t)1 << 18) /* at most half full: 131072 words */
+#define PAIR_UNKNOWN INT64_MIN
+#define PAIR_NONE ((int64_t)-1)
 
 struct tide_bpe {
   int32_t flags;
@@ -44,6 +46,9 @@ struct tide_bpe {
   int32_t *sym_id, *sym_prev, *sym_next, *sym_len; /* (scratch_cap) */
   struct heap_item *heap;                          /* (heap_cap) */
   size_t scratch_cap, heap_cap;
+  /* merges of two single-byte tokens, by (byte0 << 8 | byte1): a small table
+   * for the first round of a byte-level word; PAIR_UNKNOWN until looked up */
+  int64_t *pair; /* (65536) */
   /* word cache */
   cache_slot_t *cslots; /* (ccap) */
   size_t ccap, cn;
@@ -160,6 +165,7 @@ void tide_bpe_release(tide_bpe_t *b) {
   free(b->sym_next);
   free(b->sym_len);
   free(b->heap);
+  free(b->pair);
   free(b->cslots);
   free(b->ckeys);
   free(b->cids);
@@ -201,7 +207,11 @@ int tide_bpe_add_token(tide_bpe_t *b, const char *tok, size_t len, int32_t id, t
     b->bytes_len += len;
     b->vocab_n++;
   }
-  if (len == 1) b->byte_id[(uint8_t)tok[0]] = id;
+  if (len == 1) {
+    b->byte_id[(uint8_t)tok[0]] = id;
+    free(b->pair); /* byte ids changed: rebuild lazily */
+    b->pair = NULL;
+  }
   if (len == 6 && tok[0] == '<' && tok[1] == '0' && tok[2] == 'x' && tok[5] == '>') {
     int hi = hexval(tok[3]), lo = hexval(tok[4]);
     if (hi >= 0 && lo >= 0) b->fallback_id[hi * 16 + lo] = id;
@@ -218,6 +228,9 @@ int32_t tide_bpe_token_id(const tide_bpe_t *b, const char *tok, size_t len) {
 int tide_bpe_add_merge(tide_bpe_t *b, int32_t left, int32_t right, int32_t merged, int32_t rank,
                        tide_err_t *err) {
   if (!b) return tide_err_set(err, TIDE_EINVAL, "bpe_add_merge: NULL object");
+  if (left < 0 || right < 0 || merged < 0 || rank < 0)
+    return tide_err_set(err, TIDE_EINVAL, "bpe_add_merge: negative id or rank (%d %d -> %d, rank %d)", (int)left,
+                        (int)right, (int)merged, (int)rank);
   if ((b->merge_n + 1) * 2 > b->merge_cap) {
     int rc = merge_grow(b, err);
     if (rc) return rc;
@@ -232,6 +245,8 @@ int tide_bpe_add_merge(tide_bpe_t *b, int32_t left, int32_t right, int32_t merge
   b->merges[j].rank = rank;
   b->merges[j].merged = merged;
   b->merge_n++;
+  free(b->pair); /* merges changed: rebuild lazily */
+  b->pair = NULL;
   return 0;
 }
 
@@ -377,12 +392,26 @@ int tide_bpe_encode_word(tide_bpe_t *b, const char *word, size_t len, int32_t *o
     b->sym_next[i] = i + 1 < n ? i + 1 : -1;
   }
   size_t hn = 0;
-  /* the table is large (MBs): issue the loads of all pairs before using them */
-  for (int32_t i = 0; i + 1 < n; i++) {
-    uint64_t key = ((uint64_t)(uint32_t)b->sym_id[i] << 32) | (uint32_t)b->sym_id[i + 1];
-    __builtin_prefetch(&b->merges[mix64(key) & (b->merge_cap - 1)]);
+  if ((b->flags & TIDE_BPE_BYTE_LEVEL) && (size_t)n == len && !b->pair) {
+    b->pair = malloc(65536 * sizeof *b->pair);
+    if (b->pair)
+      for (size_t k = 0; k < 65536; k++) b->pair[k] = PAIR_UNKNOWN;
   }
-  for (int32_t i = 0; i + 1 < n; i++) try_push(b, &hn, i);
+  if ((b->flags & TIDE_BPE_BYTE_LEVEL) && (size_t)n == len && b->pair) {
+    /* every symbol is one byte: first-round pairs come from the small table */
+    for (int32_t i = 0; i + 1 < n; i++) {
+      int64_t *e = &b->pair[(size_t)s[i] << 8 | s[i + 1]];
+      if (*e == PAIR_UNKNOWN) {
+        const merge_slot_t *m = merge_find(b, b->sym_id[i], b->sym_id[i + 1]);
+        *e = m ? ((int64_t)m->rank << 32 | (uint32_t)m->merged) : PAIR_NONE;
+      }
+      if (*e != PAIR_NONE)
+        heap_push(b->heap, &hn,
+                  (heap_item_t){(int32_t)(*e >> 32), i, (int32_t)(uint32_t)*e, b->sym_id[i], b->sym_id[i + 1]});
+    }
+  } else {
+    for (int32_t i = 0; i + 1 < n; i++) try_push(b, &hn, i);
+  }
   while (hn) {
     heap_item_t top = heap_pop(b->heap, &hn);
     int32_t pos = top.pos;

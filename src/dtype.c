@@ -1,4 +1,5 @@
 #include "dtype.h"
+#include "../kernels/quant.h" /* block formats (kernels/quant.c) */
 
 #include <math.h>
 #include <string.h>
@@ -200,18 +201,18 @@ static const tide_dtype_traits_t traits[TIDE_DTYPE_COUNT] = {
     [TIDE_DTYPE_U8] = {"u8", 1, 1, 0, u8_to_float, NULL},
     [TIDE_DTYPE_F64] = {"f64", 1, 8, 1, f64_to_float, f64_from_float},
     [TIDE_DTYPE_I16] = {"i16", 1, 2, 0, i16_to_float, NULL},
-    [TIDE_DTYPE_Q4_0] = {"q4_0", 32, 18, 1, NULL, NULL},
+    [TIDE_DTYPE_Q4_0] = {"q4_0", 32, 18, 1, tide_quant_to_float_q4_0, tide_quant_from_float_q4_0},
     [TIDE_DTYPE_Q4_1] = {"q4_1", 32, 20, 1, NULL, NULL},
     [TIDE_DTYPE_Q5_0] = {"q5_0", 32, 22, 1, NULL, NULL},
     [TIDE_DTYPE_Q5_1] = {"q5_1", 32, 24, 1, NULL, NULL},
-    [TIDE_DTYPE_Q8_0] = {"q8_0", 32, 34, 1, NULL, NULL},
+    [TIDE_DTYPE_Q8_0] = {"q8_0", 32, 34, 1, tide_quant_to_float_q8_0, tide_quant_from_float_q8_0},
     [TIDE_DTYPE_Q8_1] = {"q8_1", 32, 36, 1, NULL, NULL},
     [TIDE_DTYPE_Q2_K] = {"q2_k", 256, 84, 1, NULL, NULL},
     [TIDE_DTYPE_Q3_K] = {"q3_k", 256, 110, 1, NULL, NULL},
-    [TIDE_DTYPE_Q4_K] = {"q4_k", 256, 144, 1, NULL, NULL},
+    [TIDE_DTYPE_Q4_K] = {"q4_k", 256, 144, 1, tide_quant_to_float_q4_k, tide_quant_from_float_q4_k},
     [TIDE_DTYPE_Q5_K] = {"q5_k", 256, 176, 1, NULL, NULL},
-    [TIDE_DTYPE_Q6_K] = {"q6_k", 256, 210, 1, NULL, NULL},
-    [TIDE_DTYPE_Q8_K] = {"q8_k", 256, 292, 1, NULL, NULL},
+    [TIDE_DTYPE_Q6_K] = {"q6_k", 256, 210, 1, tide_quant_to_float_q6_k, tide_quant_from_float_q6_k},
+    [TIDE_DTYPE_Q8_K] = {"q8_k", 256, 292, 1, tide_quant_to_float_q8_k, tide_quant_from_float_q8_k},
 };
 
 const tide_dtype_traits_t *tide_dtype_traits(int32_t dt) {

@@ -13,3 +13,4 @@
 #include "kvcache.h"
 #include "sampler.h"
 #include "bpe.h"
+#include "comm.h"

@@ -8,6 +8,7 @@
 #include "tensor.h"
 #include "kvcache.h"
 #include "sampler.h"
+#include "comm.h"
 
 #define SIZE(T) {#T, "", (int64_t)sizeof(T)}
 #define FIELD(T, f) {#T, #f, (int64_t)offsetof(T, f)}
@@ -85,6 +86,11 @@ static const tide_layout_entry_t layout[] = {
     FIELD(struct tide_sampler_params, frequency_penalty),
     FIELD(struct tide_sampler_params, penalty_last_n),
     FIELD(struct tide_sampler_params, seed),
+    SIZE(struct tide_comm_stats),
+    FIELD(struct tide_comm_stats, calls),
+    FIELD(struct tide_comm_stats, bytes),
+    FIELD(struct tide_comm_stats, ns),
+    FIELD(struct tide_comm_stats, span_ns),
     {NULL, NULL, 0},
 };
 

@@ -910,7 +910,6 @@ end
 
 local eval
 
-local Scope = {}
 local function new_scope(parent) return { vars = {}, parent = parent } end
 local function lookup(scope, name)
   while scope do
@@ -991,8 +990,11 @@ local function arith(op, a, b)
       return out
     end
     if type(a) == "number" and type(b) == "number" then return a + b end
-    jfail("unsupported operand types for +: %s and %s", type(a) == "table" and "object" or type(a),
-      type(b) == "table" and "object" or type(b))
+    local function tn(v)
+      if v == UNDEF then return "undefined" elseif is_none(v) then return "None" end
+      return type(v) == "table" and (is_list(v) and "list" or "dict") or type(v)
+    end
+    jfail("unsupported operand types for +: %s and %s", tn(a), tn(b))
   end
   if op == "*" and type(a) == "string" and type(b) == "number" then return string.rep(a, b) end
   if type(a) ~= "number" or type(b) ~= "number" then jfail("unsupported operand types for %s", op) end
@@ -1214,7 +1216,6 @@ local function parse_template(src)
   src = src:gsub("\r?\n$", "", 1)
   local items = lex_template(src)
   local i = 1
-  local raw_mode = false
 
   local function block_words(body)
     local w = body:match("^%s*(%a+)")
@@ -1351,7 +1352,6 @@ local function parse_template(src)
     end
     return nodes
   end
-  local _ = raw_mode
   return parse_body(nil)
 end
 
@@ -1496,5 +1496,4 @@ function M.render(src, env)
   return t:render(env)
 end
 
-M.Scope = Scope
 return M

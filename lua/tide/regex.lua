@@ -673,6 +673,40 @@ end
 
 local compile
 
+-- Continuations are copied into every alternative, so nesting alternation
+-- under a counted repetition grows the pattern geometrically: track an
+-- estimate of each pattern's size and refuse oversized ones.
+-- LPeg's tree analyses also walk every path through the rule calls of a
+-- grammar (each call site once per path), which is factorial in the number
+-- of call sites: count them too.
+local MAX_SIZE, MAX_CALLS = 200000, 8
+local psize = setmetatable({}, { __mode = "k" })
+local pcalls = setmetatable({}, { __mode = "k" })
+local function sz(p) return psize[p] or 1 end
+local function nc(p) return pcalls[p] or 0 end
+local function sized(p, n, calls)
+  if n > MAX_SIZE then
+    error({ msg = "unsupported regex construct: pattern too large to compile "
+      .. "(alternation nested in a counted repetition?)" }, 0)
+  end
+  if (calls or 0) > MAX_CALLS then
+    error({ msg = "unsupported regex construct: too many backtracking points "
+      .. "(a counted repetition or alternation inside a repetition that must backtrack)" }, 0)
+  end
+  psize[p] = n
+  pcalls[p] = calls
+  return p
+end
+local TRUE_P = P(true)
+-- LPeg may return an operand itself (a * true, true + b, ...): never record
+-- sizes on an operand, which may be shared
+local function combine(r, a, b)
+  if r == a or r == b then return r end
+  return sized(r, sz(a) + sz(b), nc(a) + nc(b))
+end
+local function seq2(a, b) return combine(a * b, a, b) end
+local function alt2(a, b) return combine(a + b, a, b) end
+
 -- can a greedy loop over set c followed by k be possessive?
 local function possessive_ok(c, k)
   if k.always then return true end
@@ -692,23 +726,24 @@ local function compile_rep(n, k)
     local ap = set_pattern(a.set)
     local loop = (opt_n < 0) and set_star(a.set) or ap ^ -opt_n
     local ai = info(a)
-    tail = { p = loop * k.p, first = ai.first and kd.first and set_union(ai.first, kd.first) or nil,
+    tail = { p = seq2(loop, k.p), first = ai.first and kd.first and set_union(ai.first, kd.first) or nil,
       nullable = kd.nullable, always = kd.always }
   elseif opt_n < 0 then
     if info(a).nullable then
       error({ msg = "unsupported regex construct: repetition of an expression that can match empty" }, 0)
     end
-    local self_desc = { p = V("S"), first = info(a).first and kd.first and set_union(info(a).first, kd.first) or nil,
+    local self_desc = { p = sized(V("S"), 1, 1), first = info(a).first and kd.first and set_union(info(a).first, kd.first) or nil,
       nullable = kd.nullable, always = kd.always }
     local body = compile(a, self_desc)
     local g = n.lazy and P({ "S", S = k.p + body }) or P({ "S", S = body + k.p })
+    sized(g, sz(body) + sz(k.p) + 1, nc(body) + nc(k.p))
     tail = { p = g, first = self_desc.first, nullable = kd.nullable, always = kd.always }
   else
     -- bounded: unroll opt_n optional copies
     tail = kd
     for _ = 1, opt_n do
       local body = compile(a, tail)
-      local p = n.lazy and (k.p + body) or (body + k.p)
+      local p = n.lazy and alt2(k.p, body) or alt2(body, k.p)
       local ai = info(a)
       tail = { p = p, first = ai.first and tail.first and set_union(ai.first, tail.first) or nil,
         nullable = kd.nullable, always = kd.always }
@@ -735,7 +770,7 @@ local asserts = {
 function compile(n, k)
   local t = n.t
   if t == "set" then
-    return set_pattern(n.set) * k.p
+    return seq2(set_pattern(n.set), k.p)
   elseif t == "seq" then
     -- fold from the right
     local conts = { [#n + 1] = k }
@@ -751,17 +786,17 @@ function compile(n, k)
     local p
     for _, c in ipairs(n) do
       local cp = compile(c, k)
-      p = p and (p + cp) or cp
+      p = p and alt2(p, cp) or cp
     end
     return p
   elseif t == "rep" then
     return compile_rep(n, k)
   elseif t == "look" then
-    local inner = compile(n[1], { p = P(true), first = {}, nullable = true, always = true })
-    if n.neg then return -inner * k.p end
-    return #inner * k.p
+    local inner = compile(n[1], { p = TRUE_P, first = {}, nullable = true, always = true })
+    if n.neg then return sized(-inner * k.p, sz(inner) + sz(k.p), nc(inner) + nc(k.p)) end
+    return sized(#inner * k.p, sz(inner) + sz(k.p), nc(inner) + nc(k.p))
   elseif t == "assert" then
-    return asserts[n.kind] * k.p
+    return seq2(asserts[n.kind], k.p)
   end
   error("tide.regex: bad node " .. tostring(t))
 end
@@ -772,7 +807,7 @@ end
 local Regex = {}
 Regex.__index = Regex
 
-local TRUE_K = { p = P(true), first = {}, nullable = true, always = true }
+local TRUE_K = { p = TRUE_P, first = {}, nullable = true, always = true }
 
 -- Compile a pattern. Returns a Regex or nil, err.
 function M.compile(pat)

@@ -8,9 +8,27 @@
 -- Pipeline (as in the Rust `tokenizers` library): added tokens are split off
 -- first, the rest is normalized, pre-tokenized (Split regexes compiled to
 -- LPeg by tide.regex), each word goes through the BPE merge loop in C
--- (src/bpe.c) behind a Lua word cache, then the post-processor adds special
+-- (src/bpe.c) behind a word cache, then the post-processor adds special
 -- tokens. Byte-level models keep text as raw bytes all along: their vocab is
--- mapped back from the GPT-2 byte alphabet to bytes when loaded.
+-- mapped back from the GPT-2 byte alphabet to bytes when loaded. When the
+-- pre-tokenizer chain ends in an isolating Split (DeepSeek, Llama 3, GPT-2),
+-- the last Split yields word offsets and one C call per piece encodes all its
+-- words through the C word cache; other chains use a Lua word cache.
+--
+-- Semantics follow the Rust library: add_special applies the
+-- post-processor of tokenizer.json (transformers' Llama-style classes add a
+-- BOS of their own when tokenizer_config.json says add_bos_token; see
+-- tok.add_bos_token, tok.bos_token_id, tok.eos_token_id). Special tokens
+-- written in the text are always recognized. Invalid UTF-8 is not rejected:
+-- each bad byte is one character of no Unicode class, encoded byte-level,
+-- and decode returns the raw bytes (the Rust library would return U+FFFD).
+-- In chat messages, a JSON null (Python None) is jinja.none or cjson.null;
+-- a missing key is undefined, as in Python.
+--
+-- Known differences: Unicode classes come from Debian's Unicode 15.0 data
+-- while the Rust library's regex engine has 16.0 (only code points that 15.0
+-- leaves unassigned differ; tests/lua/regex_test.lua checks this); the
+-- Lowercase normalizer uses utf8proc's simple case mapping (Rust: full).
 local lpeg = require "lpeg"
 local cjson = require "cjson"
 local F = require "tide.ffi"
@@ -229,6 +247,7 @@ pretok_builders = {
       inner = split_each(assert(regex.compile(GPT2_RE)), "isolated", false)
     end
     if not prefix and not inner then return nil end
+    if not prefix then return inner end -- a plain isolating Split: keeps the batched path
     return function(pieces)
       if prefix then
         local out = {}
@@ -637,7 +656,20 @@ function M.from_json(t, config)
     self.bounds_cap = 256
     return self
   end)
-  if ok then return res end
+  if ok then
+    -- ids of the special tokens named by tokenizer_config.json (nil if none)
+    local c = res.config
+    local function tid(v)
+      if type(v) == "table" then v = v.content end
+      if type(v) ~= "string" then return nil end
+      return res:token_to_id(v)
+    end
+    res.bos_token_id, res.eos_token_id, res.pad_token_id = tid(c.bos_token), tid(c.eos_token), tid(c.pad_token)
+    -- transformers' Llama-style classes add BOS themselves when add_bos_token
+    -- is set; the Rust library (and encode) follow tokenizer.json only
+    res.add_bos_token = c.add_bos_token == true
+    return res
+  end
   if type(res) == "table" then return nil, res.msg end
   return nil, tostring(res)
 end
@@ -916,9 +948,13 @@ local GGUF_PRE = {
   ["llama-bpe"] = {
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
   },
+  qwen2 = {
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+  },
   ["gpt-2"] = { GPT2_RE },
   ["default"] = { GPT2_RE },
 }
+M.GGUF_PRE = GGUF_PRE
 GGUF_PRE.llama3 = GGUF_PRE["llama-bpe"]
 GGUF_PRE.gpt2 = GGUF_PRE["gpt-2"]
 

@@ -130,6 +130,7 @@ static void test_bpe_buffer_too_small(void **state) {
   assert_int_equal(tide_bpe_encode_word(b, "", 0, out, 2, &n, &err), 0);
   assert_int_equal(n, 0);
   assert_int_equal(tide_bpe_encode_word(NULL, "a", 1, out, 2, &n, &err), TIDE_EINVAL);
+  assert_int_equal(tide_bpe_add_merge(b, 0, 1, -3, 0, &err), TIDE_EINVAL);
   tide_bpe_release(b);
   free(v);
 }

@@ -102,6 +102,35 @@ function T.invalid_utf8_is_one_char_per_bad_byte()
   H.same(d:find_all("\255"), { 1, 2 }, "dot matches a bad byte")
 end
 
+-- random patterns from the supported pieces (and broken ones): compile gives
+-- a regex or nil, err, and splitting never raises or hangs
+function T.random_patterns_never_crash()
+  local parts = { "a", "b", "\\s", "\\S", "\\p{L}", "[^a]", "[a-c]", ".", "(", ")", "(?:", "(?=", "(?!", "|", "*",
+    "+", "?", "{2}", "{1,3}", "{0,}", "*?", "+?", "^", "$", "\\d", "x", "(?i)", "[\\s\\p{N}]", "\\", "]", "[", "{", "}" }
+  local seed = 7
+  local function rnd(n)
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    return math.floor(seed / 65536) % n + 1
+  end
+  local inputs = { "", "a", "ab ba  x", "aaa\n\nbbb", "\255\254a b" }
+  local compiled = 0
+  for _ = 1, 1500 do
+    local t = {}
+    for j = 1, rnd(8) do t[j] = parts[rnd(#parts)] end
+    local pat = table.concat(t)
+    local r, err = regex.compile(pat)
+    if r then
+      compiled = compiled + 1
+      for _, s in ipairs(inputs) do
+        for _, beh in ipairs({ "isolated", "removed", "contiguous" }) do r:split(s, beh, false) end
+      end
+    else
+      H.truthy(type(err) == "string" and #err > 0, "error message for " .. pat)
+    end
+  end
+  H.truthy(compiled > 300, "many random patterns compile")
+end
+
 function T.unsupported_constructs_are_named()
   local cases = {
     { "(a)\\1", "backreference" },
@@ -114,6 +143,8 @@ function T.unsupported_constructs_are_named()
     { "(abc", "unbalanced (" },
     { "abc)", "unbalanced )" },
     { "*a", "quantifier without operand" },
+    { "(?:a|b|c|d){1,60}x", "pattern too large" },
+    { "a{1,3}{1,3}*?x", "too many backtracking points" },
   }
   for _, c in ipairs(cases) do
     H.fails(c[2], regex.compile(c[1]))

@@ -156,6 +156,11 @@ function T.api_load_encode_decode()
   for _, id in ipairs(ids) do if id == 1 then found = true end end
   H.truthy(found, "EOS in text becomes id 1")
   H.eq(tok:token_to_id("<\239\189\156end\226\150\129of\226\150\129sentence\239\189\156>"), 1, "token_to_id")
+  H.eq(tok.bos_token_id, 0, "bos id from tokenizer_config.json")
+  H.eq(tok.eos_token_id, 1, "eos id from tokenizer_config.json")
+  local ds = dsv3()
+  H.eq(ds.eos_token_id, 1, "deepseek-v3 eos (AddedToken form)")
+  H.eq(ds.add_bos_token, true, "add_bos_token flag")
   -- tide.tokenizer in the top-level API
   local tide = require "tide"
   local t2 = assert(tide.tokenizer(TINY))
@@ -207,6 +212,30 @@ function T.invalid_utf8_is_byte_level()
   end
 end
 
+-- random bytes (mostly invalid UTF-8) and random code points round-trip
+function T.random_text_round_trips()
+  local ds = dsv3()
+  local seed = 99
+  local function rnd(n)
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    return math.floor(seed / 65536) % n + 1
+  end
+  local regex = require "tide.regex"
+  for _ = 1, 300 do
+    local t = {}
+    for j = 1, rnd(40) do
+      if rnd(2) == 1 then t[j] = string.char(rnd(256) - 1)
+      else
+        local cp = rnd(0x30000) - 1
+        if cp >= 0xD800 and cp <= 0xDFFF then cp = 0x20 end
+        t[j] = regex.utf8_encode(cp)
+      end
+    end
+    local s = table.concat(t)
+    H.eq(ds:decode(ds:encode(s, { add_special = false })), s, "round trip")
+  end
+end
+
 -- a small hand-made BPE: characters a b c and merges a+b, ab+c
 local function small(extra)
   local t = {
@@ -238,6 +267,26 @@ function T.bpe_merges_both_forms_and_unknowns()
   local nm = assert(TK.from_json({ model = { type = "BPE", vocab = { a = 0, b = 1, ab = 2, abb = 3, bb = 4 },
     merges = { "b b", "a b" } } }))
   H.same(nm:encode("abb"), { 0, 4 }, "without ignore_merges the lower rank wins")
+end
+
+function T.byte_level_with_prefix_space_and_gpt2_regex()
+  -- GPT-2 style: ByteLevel(add_prefix_space, use_regex); "Ġ" is the byte-level space
+  local G = "\196\160"
+  local tok = assert(TK.from_json({
+    model = { type = "BPE", vocab = { a = 0, b = 1, [G] = 2, [G .. "a"] = 3, [G .. "b"] = 4, ["'"] = 5, s = 6,
+      ["'s"] = 7 }, merges = { G .. " a", G .. " b", "' s" } },
+    pre_tokenizer = { type = "ByteLevel", add_prefix_space = true, use_regex = true },
+    decoder = { type = "ByteLevel" },
+  }))
+  -- " a b's": the prefix space is added, the regex splits " a" " b" "'s"
+  H.same(tok:encode("a b's"), { 3, 4, 7 }, "ids")
+  H.eq(tok:decode({ 3, 4, 7 }), " a b's", "decode keeps the added prefix space, like the Rust library")
+  local plain = assert(TK.from_json({
+    model = { type = "BPE", vocab = { a = 0, b = 1, [G] = 2, [G .. "a"] = 3, [G .. "b"] = 4 },
+      merges = { G .. " a", G .. " b" } },
+    pre_tokenizer = { type = "ByteLevel", add_prefix_space = false, use_regex = true },
+  }))
+  H.same(plain:encode("a b  a"), { 0, 4, 2, 3 }, "\\s+(?!\\S) leaves one space for the next word")
 end
 
 function T.metaspace_pretokenizer_and_decoder()
@@ -326,6 +375,9 @@ function T.gguf_metadata_deepseek_v3()
     H.same(ids, d.deepseek_v3[i], "gguf tokenizer ids of " .. s)
   end
   H.eq(g:encode("x")[1], 0, "add_bos_token")
+  for name, regs in pairs(TK.GGUF_PRE) do
+    for _, r in ipairs(regs) do H.truthy(require("tide.regex").compile(r), "regex of pre type " .. name) end
+  end
   md["tokenizer.ggml.pre"] = "mystery"
   H.fails("unsupported tokenizer.ggml.pre \"mystery\"", TK.from_gguf_metadata(md))
   md["tokenizer.ggml.model"] = "llama"

@@ -1,0 +1,225 @@
+/* quant_bench.c: matmul with GGML block weights (q8_0, q4_0, q4_k, q6_k; bf16 as
+ * the float baseline), as ratios to limits measured in the same run.
+ *
+ * Build and run (after `make B=build-quant`):
+ *   cc -std=c11 -D_GNU_SOURCE -O2 -Isrc -Ikernels -I/usr/include/x86_64-linux-gnu/openblas-pthread \
+ *      bench/quant_bench.c build-quant/libtide.a -lopenblas -lm -lpthread -o build-quant/quant_bench
+ *   build-quant/quant_bench [threads]
+ *
+ * One JSON object per line. `read_bw`: GB/s summing a 256 MiB f32 array with
+ * the pool (the decode roofline). Per (format, M): out (M, N) = a (M, K) @ w^T
+ * with w (N, K = 4096), N chosen for ~128 MB of weights in every format (an
+ * L3 of 32 MiB per core complex; two cores may sit on two), best of several runs; `w_gbs` = weight bytes / time, `of_read_bw` = w_gbs / read_bw
+ * (1.0 = bandwidth roofline, meaningful at small M), `gops` = 2*M*N*K / time. */
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kern.h"
+#include "ops.h"
+#include "quant.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct {
+  const float *x;
+  int64_t n;
+  double part[64];
+} bw_ctx_t;
+
+static void bw_task(void *arg, int32_t ith, int32_t nth) {
+  bw_ctx_t *c = arg;
+  int64_t lo, hi;
+  tide_split_range(c->n, ith, nth, &lo, &hi);
+  c->part[ith] = tide_vec_sumsq(c->x + lo, hi - lo);
+}
+
+static uint64_t rs = 88172645463325252ull;
+static float rnd(void) { /* [-0.5, 0.5) */
+  rs ^= rs << 13;
+  rs ^= rs >> 7;
+  rs ^= rs << 17;
+  return (float)((rs >> 40) * (1.0 / (1 << 24))) - 0.5f;
+}
+
+/* (N, K) weight of dtype dt: 64 distinct random rows, repeated (quantizing all N rows would dominate the run). */
+static tide_tensor_t *weight(int32_t dt, int64_t N, int64_t K) {
+  tide_tensor_t *w;
+  tide_err_t err;
+  int64_t s[2] = {N, K};
+  if (tide_tensor_new(dt, 2, s, &w, &err)) return NULL;
+  float *row = malloc((size_t)K * 4);
+  int64_t rb = w->stride[0];
+  for (int64_t n = 0; n < 64 && n < N; n++) {
+    for (int64_t k = 0; k < K; k++) row[k] = 0.1f * rnd();
+    tide_dtype_traits(dt)->from_float(row, (char *)w->data + n * rb, K);
+  }
+  for (int64_t n = 64; n < N; n++) memcpy((char *)w->data + n * rb, (char *)w->data + (n % 64) * rb, (size_t)rb);
+  free(row);
+  return w;
+}
+
+/* ---- single-thread dot throughput against llama.cpp's own kernels ----
+ * With the npm package installed (tests/node-llama), its CPU backends are
+ * loaded with dlopen and their ggml_vec_dot_* run on the same blocks: the
+ * AVX2 build (haswell) and the one llama.cpp picks on this CPU when it has
+ * AVX-512 (zen4). Weights in L2 (64 rows of 4096), so this is compute speed,
+ * reported as GB/s of weight bytes per thread. */
+#define GGML_DIR "tests/node-llama/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/"
+typedef void (*ggml_dot_fn)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by, int nrc);
+
+static double dot_rate(tide_quant_dot_fn tdot, ggml_dot_fn gdot, const char *w, int64_t rb,
+                       const char *aq, int64_t rows, int64_t K) {
+  volatile float sink = 0;
+  double best = 1e30;
+  for (int rep = 0; rep < 5; rep++) {
+    double t0 = now();
+    for (int it = 0; it < 20; it++)
+      for (int64_t r = 0; r < rows; r++) {
+        float v;
+        if (tdot)
+          v = tdot(w + r * rb, aq, K);
+        else
+          gdot((int)K, &v, 0, w + r * rb, 0, aq, 0, 1);
+        sink += v;
+      }
+    double dt = now() - t0;
+    if (dt < best) best = dt;
+  }
+  (void)sink;
+  return 20.0 * rows * rb / best * 1e-9;
+}
+
+static void dot_vs_llama(void) {
+  static const char *variants[2] = {"haswell", "zen4"};
+  void *h[2] = {NULL, NULL};
+  void *base = dlopen(GGML_DIR "libggml-base.so", RTLD_NOW | RTLD_GLOBAL);
+  if (!base) {
+    printf("{\"case\":\"dot_vs_llama_cpp\",\"skipped\":\"llama.cpp npm package not installed (npm install in "
+           "tests/node-llama)\"}\n");
+    return;
+  }
+  for (int v = 0; v < 2; v++) {
+    char path[512];
+    snprintf(path, sizeof path, GGML_DIR "libggml-cpu-%s.so", variants[v]);
+    h[v] = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (h[v]) {
+      void (*init)(void) = (void (*)(void))dlsym(h[v], "ggml_cpu_init");
+      if (init) init();
+    }
+  }
+  static const struct {
+    int32_t dt;
+    const char *sym;
+  } fm[] = {{TIDE_DTYPE_Q8_0, "ggml_vec_dot_q8_0_q8_0"},
+            {TIDE_DTYPE_Q4_0, "ggml_vec_dot_q4_0_q8_0"},
+            {TIDE_DTYPE_Q4_K, "ggml_vec_dot_q4_K_q8_K"},
+            {TIDE_DTYPE_Q6_K, "ggml_vec_dot_q6_K_q8_K"}};
+  const int64_t K = 4096, rows = 64;
+  float *x = malloc((size_t)K * 4);
+  char *aq = malloc((size_t)K * 2);
+  for (size_t f = 0; f < sizeof fm / sizeof fm[0]; f++) {
+    int32_t dt = fm[f].dt;
+    int64_t rb = tide_dtype_row_bytes(dt, K);
+    char *w = malloc((size_t)(rb * rows));
+    for (int64_t r = 0; r < rows; r++) {
+      for (int64_t k = 0; k < K; k++) x[k] = 0.1f * rnd();
+      tide_dtype_traits(dt)->from_float(x, w + r * rb, K);
+    }
+    for (int64_t k = 0; k < K; k++) x[k] = rnd();
+    tide_quant_act_quantize(dt, x, aq, K);
+    double t = dot_rate(tide_quant_dot(dt), NULL, w, rb, aq, rows, K);
+    printf("{\"case\":\"dot_vs_llama_cpp\",\"dtype\":\"%s\",\"K\":%lld,\"tide_gbs\":%.1f", tide_dtype_traits(dt)->name,
+           (long long)K, t);
+    for (int v = 0; v < 2; v++) {
+      ggml_dot_fn g = h[v] ? (ggml_dot_fn)dlsym(h[v], fm[f].sym) : NULL;
+      if (!g) continue;
+      float a1, a2 = tide_quant_dot(dt)(w, aq, K);
+      g((int)K, &a1, 0, w, 0, aq, 0, 1);
+      double gr = dot_rate(NULL, g, w, rb, aq, rows, K);
+      printf(",\"llama_%s_gbs\":%.1f,\"tide_over_%s\":%.2f,\"rel_diff_%s\":%.1e", variants[v], gr, variants[v],
+             t / gr, variants[v], fabs(a1 - a2) / (fabs(a1) + 1e-30));
+    }
+    printf("}\n");
+    fflush(stdout);
+    free(w);
+  }
+  free(x);
+  free(aq);
+  for (int v = 0; v < 2; v++)
+    if (h[v]) dlclose(h[v]);
+  dlclose(base);
+}
+
+int main(int argc, char **argv) {
+  int nth = argc > 1 ? atoi(argv[1]) : 2;
+  tide_err_t err;
+  tide_pool_t *pool;
+  if (tide_pool_new(nth, &pool, &err)) return 1;
+
+  int64_t nbw = 64ll << 20;
+  float *big = malloc((size_t)nbw * 4);
+  for (int64_t i = 0; i < nbw; i++) big[i] = (float)(i & 7);
+  bw_ctx_t bc = {.x = big, .n = nbw};
+  double bw_t = 1e30;
+  for (int r = 0; r < 5; r++) {
+    double t0 = now();
+    tide_pool_run(pool, bw_task, &bc);
+    double dt = now() - t0;
+    if (dt < bw_t) bw_t = dt;
+  }
+  free(big);
+  double bw = nbw * 4.0 / bw_t * 1e-9;
+  printf("{\"case\":\"read_bw\",\"threads\":%d,\"gbs\":%.1f}\n", nth, bw);
+  fflush(stdout);
+
+  dot_vs_llama();
+  if (getenv("QB_DOTS_ONLY")) return 0;
+
+  const int32_t dts[] = {TIDE_DTYPE_BF16, TIDE_DTYPE_Q8_0, TIDE_DTYPE_Q4_0, TIDE_DTYPE_Q4_K, TIDE_DTYPE_Q6_K};
+  const int64_t Ms[] = {1, 4, 16, 32, 64, 128, 256};
+  const int64_t K = 4096;
+  for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+    /* ~128 MB of weights whatever the format: 2x the L3 two cores may see (2 x 32 MiB on this EPYC) */
+    int64_t N = (128ll << 20) / tide_dtype_row_bytes(dts[d], K) / 256 * 256;
+    tide_tensor_t *w = weight(dts[d], N, K);
+    if (!w) return 1;
+    double wbytes = (double)tide_tensor_nbytes(w);
+    for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+      int64_t M = Ms[mi];
+      int64_t sa[2] = {M, K}, so[2] = {M, N};
+      tide_tensor_t *a, *o;
+      if (tide_tensor_new(TIDE_DTYPE_F32, 2, sa, &a, &err) || tide_tensor_new(TIDE_DTYPE_F32, 2, so, &o, &err)) return 1;
+      for (int64_t i = 0; i < M * K; i++) ((float *)a->data)[i] = rnd();
+      int reps = M >= 64 ? 2 : 4;
+      if (getenv("QB_MIN_M") && M < atoi(getenv("QB_MIN_M"))) continue;
+      double best = 1e30;
+      for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        if (tide_op_matmul(pool, o, a, w, 1, &err)) {
+          fprintf(stderr, "matmul: %s\n", err.msg);
+          return 1;
+        }
+        double dt = now() - t0;
+        if (dt < best) best = dt;
+      }
+      printf("{\"case\":\"quant_matmul\",\"dtype\":\"%s\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"threads\":%d,"
+             "\"w_mb\":%.1f,\"ms\":%.2f,\"w_gbs\":%.1f,\"of_read_bw\":%.2f,\"gops\":%.1f}\n",
+             tide_dtype_traits(dts[d])->name, (long long)M, (long long)N, (long long)K, nth, wbytes * 1e-6,
+             best * 1e3, wbytes / best * 1e-9, wbytes / best * 1e-9 / bw, 2.0 * M * N * K / best * 1e-9);
+      fflush(stdout);
+      tide_tensor_release(a);
+      tide_tensor_release(o);
+    }
+    tide_tensor_release(w);
+  }
+  tide_pool_free(pool);
+  return 0;
+}

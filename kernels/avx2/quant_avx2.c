@@ -1,0 +1,430 @@
+/* quant_avx2.c: AVX2 dots of GGML block rows with quantized activations
+ * (compiled with -mavx2 -mfma -mf16c; called only after tide_k_has_avx2()).
+ *
+ * Integer products go through _mm256_maddubs_epi16 (unsigned x signed bytes,
+ * pairs summed to int16) and _mm256_madd_epi16 (pairs to int32). Its int16
+ * saturation is never reached: q8 activations are within [-127, 127] (our
+ * quantizers), so a pair is at most 2*128*127 for signed q8 weights (made
+ * unsigned with _mm256_sign_epi8), 2*15*127 for 4-bit and 2*63*127 for 6-bit
+ * values. Same integer sums per block as kernels/quant_dot.c. */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kern.h"
+#include "quant.h"
+
+static inline float half_at(const uint8_t *p) {
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+static inline float hsum_ps(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+static inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+/* 8 int32 partial sums of x . y for 32 signed bytes each. */
+static inline __m256i dot_i8(__m256i x, __m256i y) {
+  __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+float tide_quant_dot_q8_0_avx2(const void *w, const void *a, int64_t n) {
+  const uint8_t *x = w, *y = a;
+  int64_t nb = n / TIDE_QK, b = 0;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; b + 2 <= nb; b += 2, x += 68, y += 68) {
+    __m256i p0 = dot_i8(_mm256_loadu_si256((const __m256i *)(x + 2)), _mm256_loadu_si256((const __m256i *)(y + 2)));
+    __m256i p1 = dot_i8(_mm256_loadu_si256((const __m256i *)(x + 36)), _mm256_loadu_si256((const __m256i *)(y + 36)));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_at(x) * half_at(y)), _mm256_cvtepi32_ps(p0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(half_at(x + 34) * half_at(y + 34)), _mm256_cvtepi32_ps(p1), acc1);
+  }
+  for (; b < nb; b++, x += 34, y += 34) {
+    __m256i p = dot_i8(_mm256_loadu_si256((const __m256i *)(x + 2)), _mm256_loadu_si256((const __m256i *)(y + 2)));
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(half_at(x) * half_at(y)), _mm256_cvtepi32_ps(p), acc0);
+  }
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* 32 unsigned values 0..15 of a q4_0 block (the value + 8): low nibbles first, then high nibbles. */
+static inline __m256i q4_0_values_u(const uint8_t *qs) {
+  __m128i t = _mm_loadu_si128((const __m128i *)qs);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
+}
+
+/* q4_0: sum_b dw_b * (da_b * sum_j u_j * qa_j - 8 * da_b * sum_j qa_j) with u = q + 8 unsigned, so
+ * maddubs takes the weights directly; {da_b, da_b * sum qa} come with the activation row. */
+float tide_quant_dot_q4_0_avx2(const void *w, const void *a, int64_t n) {
+  const uint8_t *x = w, *y = a;
+  int64_t nb = n / TIDE_QK, b = 0;
+  const uint8_t *aux = y + nb * 34;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float off0 = 0.0f, off1 = 0.0f;
+  for (; b + 2 <= nb; b += 2, x += 36, y += 68) {
+    float ds[4], d0 = half_at(x), d1 = half_at(x + 18);
+    memcpy(ds, aux + 8 * b, 16);
+    __m256i p0 = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(q4_0_values_u(x + 2), _mm256_loadu_si256((const __m256i *)(y + 2))), ones);
+    __m256i p1 = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(q4_0_values_u(x + 20), _mm256_loadu_si256((const __m256i *)(y + 36))), ones);
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * ds[0]), _mm256_cvtepi32_ps(p0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * ds[2]), _mm256_cvtepi32_ps(p1), acc1);
+    off0 += d0 * ds[1];
+    off1 += d1 * ds[3];
+  }
+  for (; b < nb; b++, x += 18, y += 34) {
+    float ds[2], d0 = half_at(x);
+    memcpy(ds, aux + 8 * b, 8);
+    __m256i p = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(q4_0_values_u(x + 2), _mm256_loadu_si256((const __m256i *)(y + 2))), ones);
+    acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * ds[0]), _mm256_cvtepi32_ps(p), acc0);
+    off0 += d0 * ds[1];
+  }
+  return hsum_ps(_mm256_add_ps(acc0, acc1)) - 8.0f * (off0 + off1);
+}
+
+/* q4_k: the 6-bit scales and mins of a super-block unpacked to bytes,
+ * scales in bytes 0..7 and mins in bytes 8..15. */
+static inline __m128i q4_k_scales_mins(const uint8_t *s) {
+  uint32_t u[4];
+  memcpy(u, s, 12);
+  u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4); /* mins 4..7 */
+  uint32_t m03 = u[1] & 0x3f3f3f3fu;                                         /* mins 0..3 */
+  u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);         /* scales 4..7 */
+  u[2] = m03;
+  u[0] &= 0x3f3f3f3fu; /* scales 0..3 */
+  return _mm_loadu_si128((const __m128i *)u);
+}
+
+/* pshufb control broadcasting the int16 element j of each 128-bit lane */
+static inline __m256i bcast16_ctrl(int j) { return _mm256_set1_epi16((int16_t)(((2 * j + 1) << 8) | (2 * j))); }
+
+float tide_quant_dot_q4_k_avx2(const void *w, const void *a, int64_t n) {
+  const uint8_t *x = w, *y = a;
+  const __m256i m4 = _mm256_set1_epi8(15);
+  __m256 acc = _mm256_setzero_ps();
+  __m128 accm = _mm_setzero_ps();
+  for (int64_t b = 0; b < n / TIDE_QK_K; b++, x += 144, y += 292) {
+    float da;
+    memcpy(&da, y, 4);
+    const uint8_t *q = x + 16;
+    const int8_t *qy = (const int8_t *)(y + 4);
+    __m256i sm = _mm256_cvtepu8_epi16(q4_k_scales_mins(x + 4)); /* int16: scales 0..7 | mins 0..7 */
+    /* mins against the sums of each 32 activations (pairs of the 16-value sums) */
+    __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)(y + 260)), _mm_loadu_si128((const __m128i *)(y + 276)));
+    __m128i pm = _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), bs);
+    accm = _mm_fmadd_ps(_mm_set1_ps(da * half_at(x + 2)), _mm_cvtepi32_ps(pm), accm);
+    __m256i sc = _mm256_permute2x128_si256(sm, sm, 0x00); /* scales in both lanes */
+    __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+      __m256i q4 = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
+      __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+      __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(qy + 64 * c)));
+      __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(qy + 64 * c + 32)));
+      p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c)));
+      p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c + 1)));
+      sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(da * half_at(x)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  __m128 m = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+  m = _mm_add_ss(m, _mm_movehdup_ps(m));
+  return hsum_ps(acc) - _mm_cvtss_f32(m);
+}
+
+/* q6_k: the 64 6-bit values (0..63) of one half's four 32-value chunks. */
+static inline void q6_k_values(const uint8_t *ql, const uint8_t *qh, __m256i q[4]) {
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+  __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+  __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+  q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
+  q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
+  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4));
+}
+
+/* q6_k: int16 scales for chunk k of half h: scale 8h+2k in the low lane, 8h+2k+1 in the high lane.
+ * sc8 holds the 16 int8 scales. */
+static const uint8_t q6_k_shuf[8][16] = { /* pshufb controls: 8 x byte g, then 8 x byte g+1, for g = 0, 2, .. 14 */
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15},
+};
+static inline __m256i q6_k_scale(__m128i sc8, int g) {
+  return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)q6_k_shuf[g / 2])));
+}
+
+float tide_quant_dot_q6_k_avx2(const void *w, const void *a, int64_t n) {
+  const uint8_t *x = w, *y = a;
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < n / TIDE_QK_K; b++, x += 210, y += 292) {
+    float da;
+    memcpy(&da, y, 4);
+    const int8_t *qy = (const int8_t *)(y + 4);
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)(x + 192));
+    /* the -32 offset: 32 * sum_g sc_g * bsum_g */
+    __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)(y + 260)));
+    __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+      __m256i q[4];
+      q6_k_values(x + 64 * h, x + 128 + 32 * h, q);
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; k++) {
+        __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(qy + 128 * h + 32 * k)));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, q6_k_scale(sc8, 8 * h + 2 * k)));
+      }
+    }
+    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(bias, 5));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(da * half_at(x + 208)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum_ps(acc);
+}
+
+/* ---- tiles: one weight row against 4 activation rows, the weight decoded once per block ----
+ * out[m] = dot(w, y[m]) for m < 4 (callers repeat a row pointer to fill the 4). */
+
+void tide_quant_tile4_q8_0_avx2(const void *w, const void *const *a, int64_t n, float *out) {
+  const uint8_t *x = w, *y0 = a[0], *y1 = a[1], *y2 = a[2], *y3 = a[3];
+  __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps(), c2 = _mm256_setzero_ps(), c3 = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < n / TIDE_QK; b++, x += 34, y0 += 34, y1 += 34, y2 += 34, y3 += 34) {
+    __m256i q = _mm256_loadu_si256((const __m256i *)(x + 2));
+    __m256i aq = _mm256_sign_epi8(q, q);
+    float d = half_at(x);
+#define ROW(c, y)                                                                                             \
+  c = _mm256_fmadd_ps(                                                                                        \
+      _mm256_set1_ps(d * half_at(y)),                                                                         \
+      _mm256_cvtepi32_ps(_mm256_madd_epi16(                                                                   \
+          _mm256_maddubs_epi16(aq, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)((y) + 2)), q)), ones)), \
+      c)
+    ROW(c0, y0);
+    ROW(c1, y1);
+    ROW(c2, y2);
+    ROW(c3, y3);
+#undef ROW
+  }
+  out[0] = hsum_ps(c0);
+  out[1] = hsum_ps(c1);
+  out[2] = hsum_ps(c2);
+  out[3] = hsum_ps(c3);
+}
+
+void tide_quant_tile4_q4_0_avx2(const void *w, const void *const *a, int64_t n, float *out) {
+  const uint8_t *x = w;
+  int64_t nb = n / TIDE_QK;
+  const uint8_t *y[4] = {a[0], a[1], a[2], a[3]};
+  const uint8_t *aux[4] = {y[0] + nb * 34, y[1] + nb * 34, y[2] + nb * 34, y[3] + nb * 34};
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  float off[4] = {0, 0, 0, 0};
+  for (int64_t b = 0; b < nb; b++, x += 18) {
+    __m256i u = q4_0_values_u(x + 2);
+    float d = half_at(x);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+      float ds[2];
+      memcpy(ds, aux[r] + 8 * b, 8);
+      __m256i p = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)(y[r] + 34 * b + 2))), ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ds[0]), _mm256_cvtepi32_ps(p), acc[r]);
+      off[r] += d * ds[1];
+    }
+  }
+  for (int r = 0; r < 4; r++) out[r] = hsum_ps(acc[r]) - 8.0f * off[r];
+}
+
+void tide_quant_tile4_q4_k_avx2(const void *w, const void *const *a, int64_t n, float *out) {
+  const uint8_t *x = w;
+  const uint8_t *y[4] = {a[0], a[1], a[2], a[3]};
+  const __m256i m4 = _mm256_set1_epi8(15);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m128 accm[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+  for (int64_t b = 0; b < n / TIDE_QK_K; b++, x += 144) {
+    const uint8_t *q = x + 16;
+    __m256i sm = _mm256_cvtepu8_epi16(q4_k_scales_mins(x + 4));
+    __m128i m16 = _mm256_extracti128_si256(sm, 1);
+    __m256i sc = _mm256_permute2x128_si256(sm, sm, 0x00);
+    float d = half_at(x), dmin = half_at(x + 2);
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+      __m256i q4 = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
+      __m256i lo = _mm256_and_si256(q4, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+      __m256i slo = _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c)), shi = _mm256_shuffle_epi8(sc, bcast16_ctrl(2 * c + 1));
+#define ROWK(acc_i, yi)                                                                                             \
+  do {                                                                                                              \
+    const int8_t *qy = (const int8_t *)((yi) + 4) + 64 * c;                                                         \
+    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)qy)), slo);         \
+    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(qy + 32))), shi); \
+    acc_i = _mm256_add_epi32(acc_i, _mm256_add_epi32(p0, p1));                                                      \
+  } while (0)
+      ROWK(s0, y[0]);
+      ROWK(s1, y[1]);
+      ROWK(s2, y[2]);
+      ROWK(s3, y[3]);
+#undef ROWK
+    }
+    __m256i si[4] = {s0, s1, s2, s3};
+    for (int r = 0; r < 4; r++) {
+      float da;
+      memcpy(&da, y[r], 4);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(da * d), _mm256_cvtepi32_ps(si[r]), acc[r]);
+      __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)(y[r] + 260)),
+                                  _mm_loadu_si128((const __m128i *)(y[r] + 276)));
+      accm[r] = _mm_fmadd_ps(_mm_set1_ps(da * dmin), _mm_cvtepi32_ps(_mm_madd_epi16(m16, bs)), accm[r]);
+      y[r] += 292;
+    }
+  }
+  for (int r = 0; r < 4; r++) {
+    __m128 m = _mm_add_ps(accm[r], _mm_movehl_ps(accm[r], accm[r]));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    out[r] = hsum_ps(acc[r]) - _mm_cvtss_f32(m);
+  }
+}
+
+void tide_quant_tile4_q6_k_avx2(const void *w, const void *const *a, int64_t n, float *out) {
+  const uint8_t *x = w;
+  const uint8_t *y[4] = {a[0], a[1], a[2], a[3]};
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < n / TIDE_QK_K; b++, x += 210) {
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)(x + 192));
+    __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+      __m256i q[4];
+      q6_k_values(x + 64 * h, x + 128 + 32 * h, q);
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; k++) {
+        __m256i s = q6_k_scale(sc8, 8 * h + 2 * k);
+        int64_t off = 4 + 128 * h + 32 * k;
+#define ROW6(acc_i, yi) \
+  acc_i = _mm256_add_epi32(acc_i, _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)((yi) + off))), s))
+        ROW6(s0, y[0]);
+        ROW6(s1, y[1]);
+        ROW6(s2, y[2]);
+        ROW6(s3, y[3]);
+#undef ROW6
+      }
+    }
+    float d = half_at(x + 208);
+    __m256i si[4] = {s0, s1, s2, s3};
+    for (int r = 0; r < 4; r++) {
+      float da;
+      memcpy(&da, y[r], 4);
+      __m256i bias = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(y[r] + 260)));
+      __m256i v = _mm256_sub_epi32(si[r], _mm256_slli_epi32(bias, 5));
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(da * d), _mm256_cvtepi32_ps(v), acc[r]);
+      y[r] += 292;
+    }
+  }
+  for (int r = 0; r < 4; r++) out[r] = hsum_ps(acc[r]);
+}
+
+/* ---- activation quantizers: the same bytes as the references in kernels/quant.c ---- */
+
+/* 32 int32 lanes (4 vectors) to 32 int8 in order (saturating). */
+static inline __m256i pack_i32_i8(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
+  __m256i a = _mm256_packs_epi32(i0, i1), b = _mm256_packs_epi32(i2, i3);
+  return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static inline float hmax_ps(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+/* roundf (half away from zero), exactly: trunc(|p|) + (frac >= 0.5), sign put back; NaN lanes to 0. */
+static inline __m256i round_away_epi32(__m256 p) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 ap = _mm256_andnot_ps(sign, p);
+  __m256 t = _mm256_round_ps(ap, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  t = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(ap, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                     _mm256_set1_ps(1.0f)));
+  t = _mm256_or_ps(t, _mm256_and_ps(p, sign));
+  t = _mm256_and_ps(t, _mm256_cmp_ps(p, p, _CMP_ORD_Q));
+  return _mm256_cvttps_epi32(t);
+}
+
+/* q8_0 rows; when aux is not NULL, also {d, d * sum q} per block there (floats, any alignment). */
+void tide_quant_act_q8_0_avx2(const float *x, void *dst, int64_t n, void *aux) {
+  uint8_t *b = dst, *ax = aux;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n / TIDE_QK; i++, b += 34, x += TIDE_QK) {
+    __m256 v[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+      v[k] = _mm256_loadu_ps(x + 8 * k);
+      m = _mm256_max_ps(_mm256_andnot_ps(sign, v[k]), m); /* a NaN value is skipped, as fmaxf does */
+    }
+    float amax = hmax_ps(m);
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t h = tide_f32_to_f16(d);
+    memcpy(b, &h, 2);
+    __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) q[k] = round_away_epi32(_mm256_mul_ps(v[k], vid));
+    _mm256_storeu_si256((__m256i *)(b + 2), pack_i32_i8(q[0], q[1], q[2], q[3]));
+    if (ax) {
+      int32_t s = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+      float ds[2] = {_cvtsh_ss(h), _cvtsh_ss(h) * (float)s};
+      memcpy(ax + 8 * i, ds, 8);
+    }
+  }
+}
+
+void tide_quant_act_q8_k_avx2(const float *x, void *dst, int64_t n) {
+  uint8_t *b = dst;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t i = 0; i < n / TIDE_QK_K; i++, b += 292, x += TIDE_QK_K) {
+    __m256 m = _mm256_setzero_ps();
+    for (int k = 0; k < 32; k++) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)), m);
+    float amax = hmax_ps(m);
+    if (amax == 0.0f || !(amax <= 3.4028235e38f)) { /* zero or not finite: zeros, as the reference */
+      memset(b, 0, 292);
+      continue;
+    }
+    float max = 0.0f; /* the first value of largest magnitude, sign kept */
+    for (int j = 0; j < TIDE_QK_K; j++)
+      if (fabsf(x[j]) == amax) {
+        max = x[j];
+        break;
+      }
+    float iscale = -127.0f / max;
+    __m256 vs = _mm256_set1_ps(iscale);
+    for (int g = 0; g < 8; g++) { /* 32 values: 2 groups of 16 for bsums */
+      __m256i q[4];
+      for (int k = 0; k < 4; k++) {
+        __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x + 32 * g + 8 * k), vs);
+        __m256 r = _mm256_round_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); /* ties to even, as nearest_int */
+        q[k] = _mm256_cvtps_epi32(_mm256_and_ps(r, _mm256_cmp_ps(p, p, _CMP_ORD_Q)));
+        q[k] = _mm256_min_epi32(q[k], _mm256_set1_epi32(127));
+      }
+      _mm256_storeu_si256((__m256i *)(b + 4 + 32 * g), pack_i32_i8(q[0], q[1], q[2], q[3]));
+      int16_t s[2] = {(int16_t)hsum_epi32(_mm256_add_epi32(q[0], q[1])), (int16_t)hsum_epi32(_mm256_add_epi32(q[2], q[3]))};
+      memcpy(b + 260 + 4 * g, s, 4);
+    }
+    float d = 1.0f / iscale;
+    memcpy(b, &d, 4);
+  }
+}
