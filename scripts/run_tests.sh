@@ -28,6 +28,13 @@ count_cmocka() { # $1: label, $2...: command
   passed=$((passed + p)); failed=$((failed + f))
 }
 
+# llama.cpp's prebuilt CPU library (npm) lets test_quant_live compare
+# quantized bytes with llama.cpp's own quantizer; without node it skips.
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/node-llama/node_modules/@node-llama-cpp ]; then
+  (cd tests/node-llama && npm install --no-audit --no-fund --silent >/dev/null 2>&1) ||
+    echo "note: npm install in tests/node-llama failed; test_quant_live will skip"
+fi
+
 for t in "$B"/tests/test_*; do
   [ -x "$t" ] && count_cmocka "$t" "$t"
 done
