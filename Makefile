@@ -111,7 +111,7 @@ FUZZ_LIB_SRC := src/error.c src/dtype.c src/tensor.c src/safetensors.c src/gguf.
 fuzz:
 	@scripts/deps.sh clang libclang-rt-14-dev
 	@mkdir -p $(B)/fuzz
-	@for t in safetensors gguf; do \
+	@for t in safetensors gguf http; do \
 	  clang $(FUZZ_FLAGS) -o $(B)/fuzz/fuzz_$$t fuzz/fuzz_$$t.c $(FUZZ_LIB_SRC) $(PKG_LIBS) -lm -lpthread || exit 1; \
 	  mkdir -p $(B)/fuzz/corpus_$$t; cp -n fuzz/seeds/$$t/* $(B)/fuzz/corpus_$$t/ 2>/dev/null || true; \
 	  echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
@@ -141,3 +141,9 @@ endif
 
 # quantization: the dtype traits table (src/dtype.c) points at the block formats in kernels/quant.c
 FUZZ_LIB_SRC += kernels/quant.c
+
+# ---- serving: src/server.c (libuv + Debian's http_parser); its request
+# parser is fuzzed too (fuzz/fuzz_http.c).
+LIBS += -lhttp_parser
+FUZZ_LIB_SRC += src/server.c
+PKG_LIBS += -luv -lhttp_parser

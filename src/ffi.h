@@ -14,3 +14,5 @@
 #include "sampler.h"
 #include "bpe.h"
 #include "comm.h"
+#include "server.h"
+#include "probe.h"

@@ -347,3 +347,79 @@ int tide_kvcache_step(tide_kvcache_t *kv, int32_t n_seq, const int32_t *seqs, co
   batch->block_table = block_table;
   return 0;
 }
+
+/* ---- prefix caching and views (engine) ----------------------------------- */
+
+int tide_kvcache_block_ref(tide_kvcache_t *kv, int32_t block, tide_err_t *err) {
+  if (block < 0 || block >= kv->n_blocks || kv->refs[block] <= 0)
+    return tide_err_set(err, TIDE_EINVAL, "kvcache: reference to block %d that is not in use", block);
+  kv->refs[block]++;
+  return 0;
+}
+
+int tide_kvcache_block_unref(tide_kvcache_t *kv, int32_t block, tide_err_t *err) {
+  if (block < 0 || block >= kv->n_blocks || kv->refs[block] <= 0)
+    return tide_err_set(err, TIDE_EINVAL, "kvcache: release of block %d that is not in use", block);
+  block_drop(kv, block);
+  return 0;
+}
+
+int tide_kvcache_seq_adopt(tide_kvcache_t *kv, int32_t seq, const int32_t *blocks, int32_t n, int32_t len,
+                           tide_err_t *err) {
+  kv_seq_t *s = seq_get(kv, seq);
+  if (!s) return tide_err_set(err, TIDE_EINVAL, "kvcache: adopt into unknown sequence %d", seq);
+  if (s->len != 0 || s->n_block != 0) return tide_err_set(err, TIDE_EINVAL, "kvcache: adopt into a non-empty sequence");
+  if (n <= 0 || !blocks || len <= 0 || (int64_t)len > (int64_t)n * kv->block_size ||
+      (int64_t)len <= (int64_t)(n - 1) * kv->block_size)
+    return tide_err_set(err, TIDE_EINVAL, "kvcache: adopt of %d blocks with length %d", n, len);
+  for (int32_t i = 0; i < n; i++)
+    if (blocks[i] < 0 || blocks[i] >= kv->n_blocks || kv->refs[blocks[i]] <= 0)
+      return tide_err_set(err, TIDE_EINVAL, "kvcache: adopt of block %d that is not in use", blocks[i]);
+  int rc = seq_reserve_table(s, n, err);
+  if (rc) return rc;
+  for (int32_t i = 0; i < n; i++) {
+    s->table[i] = blocks[i];
+    kv->refs[blocks[i]]++;
+  }
+  s->n_block = n;
+  s->len = len;
+  return 0;
+}
+
+int tide_kvcache_view(const tide_kvcache_t *kv, int32_t n_seq, const int32_t *seqs, const int32_t *start,
+                      const int32_t *n, tide_batch_t *batch, int32_t *tok_seq, int32_t *tok_pos, int32_t cap_tok,
+                      int32_t *block_table, int32_t cap_table, tide_err_t *err) {
+  if (n_seq <= 0 || !seqs || !start || !n || !batch || !tok_seq || !tok_pos || !block_table)
+    return tide_err_set(err, TIDE_EINVAL, "kvcache view: missing arguments or no sequences");
+  int64_t n_tok = 0;
+  int32_t max_blocks = 1;
+  for (int32_t i = 0; i < n_seq; i++) {
+    kv_seq_t *s = seq_get(kv, seqs[i]);
+    if (!s) return tide_err_set(err, TIDE_EINVAL, "kvcache view: unknown sequence %d", seqs[i]);
+    if (start[i] < 0 || n[i] < 0 || (int64_t)start[i] + n[i] > s->len)
+      return tide_err_set(err, TIDE_ERANGE, "kvcache view: positions %d..+%d outside sequence %d of %d tokens",
+                          start[i], n[i], seqs[i], s->len);
+    if (s->n_block > max_blocks) max_blocks = s->n_block;
+    n_tok += n[i];
+  }
+  if (n_tok > cap_tok || (int64_t)max_blocks * n_seq > cap_table)
+    return tide_err_set(err, TIDE_ERANGE, "kvcache view: capacity exceeded");
+  int32_t t = 0;
+  for (int32_t i = 0; i < n_seq; i++) {
+    const kv_seq_t *s = &kv->seqs[seqs[i]];
+    for (int32_t j = 0; j < n[i]; j++) {
+      tok_seq[t] = i;
+      tok_pos[t] = start[i] + j;
+      t++;
+    }
+    for (int32_t b = 0; b < max_blocks; b++) block_table[(int64_t)i * max_blocks + b] = b < s->n_block ? s->table[b] : -1;
+  }
+  batch->n_tok = (int32_t)n_tok;
+  batch->n_seq = n_seq;
+  batch->max_blocks = max_blocks;
+  batch->block_size = kv->block_size;
+  batch->tok_seq = tok_seq;
+  batch->tok_pos = tok_pos;
+  batch->block_table = block_table;
+  return 0;
+}

@@ -83,4 +83,22 @@ int tide_kvcache_step(tide_kvcache_t *kv, int32_t n_seq, const int32_t *seqs, co
                       tide_batch_t *batch, int32_t *tok_seq, int32_t *tok_pos, int32_t cap_tok, int32_t *block_table,
                       int32_t cap_table, tide_err_t *err);
 
+/* ---- prefix caching and views (engine) ----------------------------------- */
+
+/* Take (+1) or drop (-1) a reference to a block that is in use (a prefix
+ * cache holds its blocks this way); a block whose count falls to 0 is freed. */
+int tide_kvcache_block_ref(tide_kvcache_t *kv, int32_t block, tide_err_t *err);
+int tide_kvcache_block_unref(tide_kvcache_t *kv, int32_t block, tide_err_t *err);
+/* Give the empty sequence seq the n blocks (each referenced once more) and
+ * length len (0 < len <= n * block_size, len > (n - 1) * block_size). A later
+ * write into a shared partial block copies it first. */
+int tide_kvcache_seq_adopt(tide_kvcache_t *kv, int32_t seq, const int32_t *blocks, int32_t n, int32_t len,
+                           tide_err_t *err);
+/* Describe, without changing anything, a batch over tokens already stored:
+ * for sequence seqs[i], positions start[i] .. start[i] + n[i] - 1 (all below
+ * its length). Arrays as in tide_kvcache_step. */
+int tide_kvcache_view(const tide_kvcache_t *kv, int32_t n_seq, const int32_t *seqs, const int32_t *start,
+                      const int32_t *n, tide_batch_t *batch, int32_t *tok_seq, int32_t *tok_pos, int32_t cap_tok,
+                      int32_t *block_table, int32_t cap_table, tide_err_t *err);
+
 #endif

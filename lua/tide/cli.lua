@@ -80,6 +80,10 @@ local lazy = {
   { "ppl", "tide.cmd.ppl", "perplexity of a model on a text file" },
   { "tokenize", "tide.cmd.tokenize", "print the token ids of a text" },
   { "inspect", "tide.cmd.inspect", "list the tensors and metadata of a safetensors/GGUF file or model folder" },
+  { "serve", "tide.cmd.serve", "serve a model over an OpenAI-compatible HTTP API" },
+  { "synth", "tide.cmd.synth", "write a random-weight checkpoint of a preset shape (benchmarks)" },
+  { "quantize", "tide.cmd.quantize", "quantize a model to a GGUF with a scheme (recipes/quant)" },
+  { "kld", "tide.cmd.kld", "KL divergence, top-1 agreement and perplexity ratio of a model against a base" },
 }
 for _, l in ipairs(lazy) do
   local ok = package.searchpath and package.searchpath(l[2], package.path)

@@ -142,4 +142,61 @@ function KV:step(seqs, n_new)
   return self.batch, pos
 end
 
+-- ---- prefix caching and views (engine) ----------------------------------------
+
+function KV:block_refs(b) return C.tide_kvcache_block_refs(self._c, b) end
+
+function KV:block_ref(b)
+  if C.tide_kvcache_block_ref(self._c, b, err) ~= 0 then return nil, F.errmsg() end
+  return true
+end
+
+function KV:block_unref(b)
+  if C.tide_kvcache_block_unref(self._c, b, err) ~= 0 then return nil, F.errmsg() end
+  return true
+end
+
+-- The sequence's block ids (Lua list) or nil, err.
+function KV:seq_table(seq)
+  local tp, np = ffi.new("const int32_t*[1]"), ffi.new("int32_t[1]")
+  if C.tide_kvcache_seq_table(self._c, seq, tp, np, err) ~= 0 then return nil, F.errmsg() end
+  local t = {}
+  for i = 0, np[0] - 1 do t[i + 1] = tp[0][i] end
+  return t
+end
+
+-- Give the empty sequence `seq` the blocks (list) and length len.
+function KV:seq_adopt(seq, blocks, len)
+  local a = ffi.new("int32_t[?]", #blocks)
+  for i = 1, #blocks do a[i - 1] = blocks[i] end
+  if C.tide_kvcache_seq_adopt(self._c, seq, a, #blocks, len, err) ~= 0 then return nil, F.errmsg() end
+  return true
+end
+
+-- A batch over stored tokens: positions start[i] .. start[i] + n[i] - 1 of
+-- seqs[i]; returns the batch (tide_batch_t, in its own arrays, valid until the
+-- next view) and the positions (i32 tensor), or nil, err.
+function KV:view(seqs, start, n)
+  local ns = #seqs
+  local n_tok, max_blocks = 0, 1
+  for i = 1, ns do
+    n_tok = n_tok + n[i]
+    local nb = math.ceil(math.max(C.tide_kvcache_seq_len(self._c, seqs[i]), 0) / self.block_size)
+    if nb > max_blocks then max_blocks = nb end
+  end
+  local v = self.vw
+  if not v or v.cap_tok < n_tok or v.cap_table < max_blocks * ns or v.cap_seq < ns then
+    local ct, cb, cs = math.max(n_tok, 64), math.max(max_blocks * ns, 256), math.max(ns, 16)
+    v = { cap_tok = ct, cap_table = cb, cap_seq = cs, seq = T.zeros({ ct }, "i32"), pos = T.zeros({ ct }, "i32"),
+      table = T.zeros({ cb }, "i32"), s = ffi.new("int32_t[?]", cs), st = ffi.new("int32_t[?]", cs),
+      n = ffi.new("int32_t[?]", cs), batch = ffi.new("tide_batch_t") }
+    self.vw = v
+  end
+  for i = 1, ns do v.s[i - 1], v.st[i - 1], v.n[i - 1] = seqs[i], start[i], n[i] end
+  local rc = C.tide_kvcache_view(self._c, ns, v.s, v.st, v.n, v.batch, ffi.cast("int32_t*", v.seq._p.data),
+    ffi.cast("int32_t*", v.pos._p.data), v.cap_tok, ffi.cast("int32_t*", v.table._p.data), v.cap_table, err)
+  if rc ~= 0 then return nil, F.errmsg() end
+  return v.batch, T.lua_tensor(C.TIDE_DTYPE_I32, v.pos._p.data, v.pos, 1, n_tok)
+end
+
 return M

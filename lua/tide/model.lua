@@ -220,6 +220,8 @@ end
 function Model:run_step(ctx, ids, seqs, counts, want, opts)
   local arch, ws = self.arch, self.ws
   local x = arch:forward_hidden(ctx, ids)
+  -- opts.on_hidden(x): every row's hidden state (n_tok, dim) before the final norm (speculative decoding)
+  if opts and opts.on_hidden then opts.on_hidden(x) end
   local n_tok = tonumber(ids._p.shape[0])
   local rows = x
   if want ~= "all" then

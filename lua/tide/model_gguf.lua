@@ -114,6 +114,7 @@ local function tokenizer_metadata(dir, cfg, md)
     types[a.id + 1] = a.special and 3 or 4
     if a.id + 1 > n then n = a.id + 1 end
   end
+  n = math.max(n, cfg.vocab_size or 0) -- pad to the model's vocabulary (llama.cpp checks it)
   for i = 1, n do
     if tokens[i] == nil then tokens[i] = "[PAD" .. (i - 1) .. "]"; types[i] = 5 end
   end
@@ -138,20 +139,26 @@ local function tokenizer_metadata(dir, cfg, md)
 end
 
 -- convert(hf_dir, out_path, {dtype = "f16" | "f32"}) -> true or nil, err
+-- Quantizing writers (tide.quant) also pass: tensors (name -> tensor,
+-- replacing the checkpoint's), type_of(gguf_name, hf_name, t) -> dtype of a
+-- matrix, quantize(gguf_name, hf_name, t, dtype) -> tensor or nil (custom
+-- rounding), file_type (general.file_type).
 function M.convert(dir, out, opts)
   opts = opts or {}
   local dt = opts.dtype or "f16"
-  if dt ~= "f16" and dt ~= "f32" then return nil, "convert: dtype must be f16 or f32" end
+  if dt ~= "f16" and dt ~= "f32" and not opts.type_of then return nil, "convert: dtype must be f16 or f32" end
   local tide = require "tide"
   local m, e = tide.load(dir, { mtp = true })
   if not m then return nil, e end
   local cfg, src = m.config, m.tensors
+  if opts.tensors then src = setmetatable(opts.tensors, { __index = m.tensors }) end
   local mt = cfg.model_type
   local arch = (mt == "llama") and "llama" or (mt == "deepseek_v3") and "deepseek2" or nil
   if not arch then return nil, "convert: model_type '" .. tostring(mt) .. "' has no GGUF architecture here" end
   local A = arch .. "."
   local md = { ["general.architecture"] = arch, ["general.name"] = dir:match("([^/]+)/*$") or dir,
-    ["general.file_type"] = gguf.u32(dt == "f16" and 1 or 0) }
+    ["general.file_type"] = gguf.u32(opts.file_type or (dt == "f16" and 1 or 0)) }
+  if opts.file_type then md["general.quantization_version"] = gguf.u32(2) end
   local nl = cfg.num_hidden_layers
   local n_mtp = (arch == "deepseek2") and #m.arch.mtp or 0
   md[A .. "context_length"] = gguf.u32(cfg.max_position_embeddings or 4096)
@@ -210,11 +217,12 @@ function M.convert(dir, out, opts)
   tokenizer_metadata(dir, cfg, md)
 
   local out_t = {}
-  local function put(name, t, force_f32)
-    local d = (force_f32 or t:ndim() == 1) and "f32" or dt
-    out_t[name] = converted(t, d)
+  local function finish(name, hf, t, force_f32)
+    local d = (force_f32 or t:ndim() == 1) and "f32" or (opts.type_of and opts.type_of(name, hf, t)) or dt
+    return (d ~= "f32" and opts.quantize and opts.quantize(name, hf, t, d)) or converted(t, d)
   end
-  for _, g in ipairs(GLOBAL) do if src[g[1]] then put(g[2], src[g[1]]) end end
+  local function put(name, t, force_f32, hf) out_t[name] = finish(name, hf, t, force_f32) end
+  for _, g in ipairs(GLOBAL) do if src[g[1]] then put(g[2], src[g[1]], nil, g[1]) end end
   if not src["lm_head.weight"] and cfg.tie_word_embeddings then out_t["output.weight"] = nil end
   local per_layer = { LAYER_COMMON, arch == "llama" and LAYER_LLAMA or LAYER_DSV3 }
   local n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
@@ -225,11 +233,11 @@ function M.convert(dir, out, opts)
         local t = src[p .. pair[1]]
         if t then
           if arch == "llama" and pair[1] == "self_attn.q_proj.weight" then
-            out_t[q .. pair[2]] = permuted(t, cfg.num_attention_heads, dt)
+            out_t[q .. pair[2]] = finish(q .. pair[2], p .. pair[1], permuted(t, cfg.num_attention_heads, "f32"))
           elseif arch == "llama" and pair[1] == "self_attn.k_proj.weight" then
-            out_t[q .. pair[2]] = permuted(t, n_kv, dt)
+            out_t[q .. pair[2]] = finish(q .. pair[2], p .. pair[1], permuted(t, n_kv, "f32"))
           else
-            put(q .. pair[2], t, pair[1]:match("e_score_correction_bias"))
+            put(q .. pair[2], t, pair[1]:match("e_score_correction_bias"), p .. pair[1])
           end
         end
       end
@@ -239,13 +247,15 @@ function M.convert(dir, out, opts)
     if arch == "deepseek2" and src[p .. "mlp.experts.0.gate_proj.weight"] then
       for _, pr in ipairs(EXPERT_PROJ) do
         local s0 = src[p .. "mlp.experts.0." .. pr[1] .. ".weight"]:shape()
-        local st = T.zeros({ E, s0[1], s0[2] }, dt)
+        local st = T.zeros({ E, s0[1], s0[2] }, opts.type_of and "f32" or dt)
         for e = 0, E - 1 do
           local w = src[p .. "mlp.experts." .. e .. "." .. pr[1] .. ".weight"]
           if not w then return nil, "convert: missing expert " .. e .. " of layer " .. i end
           T.op.convert(st:as_strided({ s0[1], s0[2] }, nil, e * s0[1] * s0[2]), w)
         end
-        out_t[q .. pr[2] .. ".weight"] = st
+        local fin = opts.type_of and finish(q .. pr[2] .. ".weight", p .. "mlp.experts.*." .. pr[1] .. ".weight", st) or st
+        if fin ~= st then st:free() end -- the f32 stack was a temporary
+        out_t[q .. pr[2] .. ".weight"] = fin
       end
     end
   end

@@ -18,11 +18,13 @@ usage: tide generate [--model PATH] --prompt TEXT [options]
   --chat              wrap the prompt in the model's chat template
   --mla MODE          naive | absorb (DeepSeek-V3)
   --threads N         compute threads
-  --json              print {"prompt_ids", "ids", "text", "timings"} instead of streaming]]
+  --json              print {"prompt_ids", "ids", "text", "timings"} instead of streaming
+  --recipe FILE       run the recipe's parallel plan (model, EP/DP/TP/PP; under mpirun one
+                      rank per process, else threads); only rank 0 prints]]
 
 local spec = { model = "string", prompt = "string", max_tokens = "number", temp = "number", top_k = "number",
   top_p = "number", min_p = "number", repeat_penalty = "number", seed = "number", stop = "string", chat = "flag",
-  mla = "string", threads = "number", json = "flag", ignore_eos = "flag" }
+  mla = "string", threads = "number", json = "flag", ignore_eos = "flag", recipe = "string" }
 
 local function fail(msg)
   io.stderr:write("tide generate: ", msg, "\n")
@@ -34,6 +36,7 @@ function M.main(args)
   local o, e = A.parse(args, spec)
   if not o then return fail(e .. " (see tide generate --help)") end
   if not o.prompt then return fail("missing --prompt (see tide generate --help)") end
+  if o.recipe then return require("tide.parallel.recipe").generate_cli(o) end
   local tide = require "tide"
   local m, le = tide.load(o.model or "models/dsv3-tiny", { mla = o.mla, threads = o.threads })
   if not m then return fail(le) end
