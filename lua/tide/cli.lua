@@ -84,6 +84,11 @@ local lazy = {
   { "synth", "tide.cmd.synth", "write a random-weight checkpoint of a preset shape (benchmarks)" },
   { "quantize", "tide.cmd.quantize", "quantize a model to a GGUF with a scheme (recipes/quant)" },
   { "kld", "tide.cmd.kld", "KL divergence, top-1 agreement and perplexity ratio of a model against a base" },
+  { "ab", "tide.cmd.ab", "A/B trial of recipes on the serving engine, with CIs and verdicts" },
+  { "sweep", "tide.cmd.sweep", "sweep one recipe setting (e.g. engine.max_seqs=1,2,4,8): throughput vs latency" },
+  { "profile", "tide.cmd.profile", "per-op profile of decode steps and a Chrome trace" },
+  { "plan", "tide.cmd.plan", "deployment planner: predict a recipe on other hardware (recipes/hardware)" },
+  { "calibrate", "tide.cmd.calibrate", "measure this machine into a hardware profile for tide plan" },
 }
 for _, l in ipairs(lazy) do
   local ok = package.searchpath and package.searchpath(l[2], package.path)

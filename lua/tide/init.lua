@@ -52,4 +52,13 @@ function tide.load(path, opts) return require("tide.model").load(path, opts) end
 -- Tokenizers (implemented in tide.tokenizer): tide.tokenizer(path) -> tokenizer or nil, err.
 function tide.tokenizer(path, opts) return require("tide.tokenizer").load(path, opts) end
 
+-- A/B trials (implemented in tide.ab): tide.ab{ arms = {"a.lua", "b.lua"}, workload = "tiny", repeats = 10, out = DIR }
+-- -> result (res.verdicts[2].headline.verdict) or nil, err; tide.ab.sweep{...} sweeps one setting.
+tide.ab = setmetatable({}, { __index = function(_, k) return require("tide.ab")[k] end,
+  __call = function(_, o) return require("tide.ab").trial(o) end })
+
+-- Profiling (implemented in tide.profile): tide.profile(fn [, opts]) -> report (per-op summary,
+-- :print(), :write_trace(path)) and fn's results.
+function tide.profile(fn, opts) return require("tide.profile").run(fn, opts) end
+
 return tide

@@ -39,4 +39,23 @@ function Attention:forward(ctx, layer, x)
   return self.o:forward(ws, "attn.out", ws:view("attn.o2", o, 0, n, nh * hd))
 end
 
+-- Cost of one call (as forward) for a batch b: b.n tokens of b.seqs
+-- sequences, each token attending b.ctx positions on average, each sequence
+-- holding b.kv cached positions after the step. Q.K^T and P.V are 2 flops
+-- per multiply-add over head_dim; the cache is read once per sequence and KV
+-- head (flash-style) and written once per new token.
+function Attention:cost(rec, name, b)
+  local n, nh, nkv, hd = b.n, self.n_head, self.n_kv_head, self.head_dim
+  self.q:cost(rec, name .. ".q", n)
+  self.k:cost(rec, name .. ".k", n)
+  self.v:cost(rec, name .. ".v", n)
+  rec:elt(name .. ".rope", n * (nh + nkv) * hd, 6)
+  rec:attn(name .. ".core", {
+    flops = 2 * n * b.ctx * nh * (hd + hd),
+    kv_read = b.seqs * b.kv * nkv * 2 * hd, kv_write = n * nkv * 2 * hd, act = 2 * n * nh * hd,
+    heads = nh, qk_dim = hd, v_dim = hd, kv_row = nkv * 2 * hd,
+  })
+  self.o:cost(rec, name .. ".o", n)
+end
+
 return Attention

@@ -16,4 +16,9 @@ function Embedding:forward(ws, key, ids, out)
   return out
 end
 
+-- Cost of gathering n rows (no flops; one row of the table read per token).
+function Embedding:cost(rec, name, n)
+  rec:elt(name, n * self.dim, 0)
+end
+
 return Embedding

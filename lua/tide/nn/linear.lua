@@ -17,4 +17,10 @@ function Linear:forward(ws, key, x, out)
   return out
 end
 
+-- Cost of y = x @ W^T for n rows, recorded as one GEMM (tide.plan.cost):
+-- flops 2 n out in, the weight read once, x and y moved once.
+function Linear:cost(rec, name, n)
+  rec:gemm(name, n, self.out_features, self.in_features)
+end
+
 return Linear

@@ -188,4 +188,40 @@ function MLA:attend_naive(ctx, cv, q, n)
   return ws:view("mla.o2", o, 0, n, H * dv)
 end
 
+-- Cost of one call (as forward) for a batch b (see nn.Attention:cost): the
+-- projections, the latent cache row written per token, then per mode
+--   naive:  kv_b decompresses every cached row of each sequence, MHA with
+--           qk = qk_nope + qk_rope and v = v_head_dim per head;
+--   absorb: W_uk folded into q (n H dn kvl), MQA over latent rows with
+--           qk = kvl + qk_rope and v = kvl, W_uv applied per head (n H kvl dv).
+-- The cache (kvl + qk_rope per token) is read once per sequence.
+function MLA:cost(rec, name, b, mode)
+  mode = mode or self.mode
+  local n, H, kvl, dn, dr, dv = b.n, self.n_head, self.kvl, self.dn, self.dr, self.dv
+  if self.q_a then
+    self.q_a:cost(rec, name .. ".q_a", n)
+    self.q_a_norm:cost(rec, name .. ".q_a_norm", n)
+    self.q_b:cost(rec, name .. ".q_b", n)
+  else
+    self.q_proj:cost(rec, name .. ".q", n)
+  end
+  self.kv_a:cost(rec, name .. ".kv_a", n)
+  self.kv_norm:cost(rec, name .. ".kv_norm", n)
+  rec:elt(name .. ".rope", n * (H + 1) * dr, 6)
+  local row = kvl + dr
+  if mode == "absorb" then
+    rec:gemm(name .. ".absorb_uk", n * H, kvl, dn, self.kv_b, H * dn * kvl)
+    rec:attn(name .. ".core", { flops = 2 * n * b.ctx * H * (row + kvl), kv_read = b.seqs * b.kv * row,
+      kv_write = n * row, act = n * H * (row + kvl), heads = H, qk_dim = row, v_dim = kvl, kv_row = row })
+    rec:gemm(name .. ".absorb_uv", n * H, dv, kvl, self.kv_b, H * dv * kvl)
+  else
+    local rows = b.seqs * b.kv -- every cached row is decompressed
+    rec:gemm(name .. ".kv_b", rows, H * (dn + dv), kvl)
+    rec:attn(name .. ".core", { flops = 2 * n * b.ctx * H * (dn + dr + dv), kv_read = b.seqs * b.kv * row,
+      kv_write = n * row, act = n * H * (dn + dr + dv) + rows * H * (dn + dv), heads = H, qk_dim = dn + dr,
+      v_dim = dv, kv_row = row })
+  end
+  self.o:cost(rec, name .. ".o", n)
+end
+
 return MLA

@@ -32,4 +32,12 @@ function MLP:forward_into(out, x, g, u)
   return out
 end
 
+-- Cost over n rows: gate and up GEMMs, swiglu, down GEMM (as forward).
+function MLP:cost(rec, name, n)
+  self.gate:cost(rec, name .. ".gate", n)
+  self.up:cost(rec, name .. ".up", n)
+  rec:elt(name .. ".swiglu", n * self.hidden, 4)
+  self.down:cost(rec, name .. ".down", n)
+end
+
 return MLP

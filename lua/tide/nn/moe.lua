@@ -176,4 +176,18 @@ function MoE:expert_loads(reset)
   return t
 end
 
+-- Cost over n tokens (as forward): router GEMM and routing, dispatch of the
+-- n * top_k routed rows, the expert GEMMs (gate, up: inter x dim; down:
+-- dim x inter per row), combine, then the shared experts. The recorder
+-- decides where rows and experts live (one device, or EP with redundancy).
+function MoE:cost(rec, name, n)
+  rec:gemm(name .. ".router", n, self.n_expert, self.dim)
+  rec:elt(name .. ".route", n * self.n_expert, 8)
+  local rows = n * self.top_k
+  rec:dispatch(name .. ".dispatch", n, self.top_k, self.dim)
+  rec:experts(name .. ".experts", rows, self.n_expert, self.dim, self.inter)
+  rec:combine(name .. ".combine", n, self.top_k, self.dim)
+  if self.shared then self.shared:cost(rec, name .. ".shared", n) end
+end
+
 return MoE

@@ -15,4 +15,9 @@ function RMSNorm:forward(ws, key, x, out)
   return out
 end
 
+-- Cost over n rows: read x, write y (elementwise, ~4 flops per element).
+function RMSNorm:cost(rec, name, n)
+  rec:elt(name, n * self.dim, 4)
+end
+
 return RMSNorm
