@@ -158,6 +158,69 @@ static void dot_vs_llama(void) {
   dlclose(base);
 }
 
+/* ---- prefill shapes: out (512, N) = a (512, 2048) @ w^T, N = 2048 and 5632 (llama-1b attention / MLP) ----
+ * Per format: `gops` of tide_op_matmul (what the model runs), `int_gops` of the integer-dot path
+ * (tide_quant_matmul) and `panel_gops` of dequantized panels + sgemm (tide_quant_matmul_panels),
+ * each a median of 5 runs, against `sgemm_gops`, f32 b through the same tide_op_matmul, same run. */
+static double median5(double *t) {
+  for (int i = 0; i < 5; i++)
+    for (int j = i + 1; j < 5; j++)
+      if (t[j] < t[i]) {
+        double x = t[i];
+        t[i] = t[j];
+        t[j] = x;
+      }
+  return t[2];
+}
+
+static int prefill(tide_pool_t *pool) {
+  tide_err_t err;
+  const int32_t dts[] = {TIDE_DTYPE_F32, TIDE_DTYPE_BF16, TIDE_DTYPE_Q8_0, TIDE_DTYPE_Q4_0, TIDE_DTYPE_Q4_K,
+                         TIDE_DTYPE_Q6_K};
+  const int64_t Ns[] = {2048, 5632};
+  const int64_t M = getenv("QB_M") ? atoi(getenv("QB_M")) : 512, K = 2048;
+  for (size_t ni = 0; ni < 2; ni++) {
+    int64_t N = Ns[ni];
+    int64_t sa[2] = {M, K}, so[2] = {M, N};
+    tide_tensor_t *a, *o;
+    if (tide_tensor_new(TIDE_DTYPE_F32, 2, sa, &a, &err) || tide_tensor_new(TIDE_DTYPE_F32, 2, so, &o, &err)) return 1;
+    for (int64_t i = 0; i < M * K; i++) ((float *)a->data)[i] = rnd();
+    double peak = 0;
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
+      tide_tensor_t *w = weight(dts[d], N, K);
+      if (!w) return 1;
+      double g[3] = {0, 0, 0};
+      for (int path = 0; path < 3; path++) {
+        if (path > 0 && !tide_quant_has_dot(dts[d])) break;
+        double t[5];
+        for (int r = 0; r < 5; r++) {
+          double t0 = now();
+          int rc = path == 0   ? tide_op_matmul(pool, o, a, w, 1, &err)
+                   : path == 1 ? tide_quant_matmul(pool, o->data, a->data, K, w, M, N, K, &err)
+                               : tide_quant_matmul_panels(pool, o->data, a->data, K, w, M, N, K, &err);
+          if (rc) {
+            fprintf(stderr, "matmul: %s\n", err.msg);
+            return 1;
+          }
+          t[r] = now() - t0;
+        }
+        g[path] = 2.0 * M * N * K / median5(t) * 1e-9;
+      }
+      if (dts[d] == TIDE_DTYPE_F32) peak = g[0];
+      printf("{\"case\":\"prefill\",\"dtype\":\"%s\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"threads\":%d,"
+             "\"gops\":%.1f,\"int_gops\":%.1f,\"panel_gops\":%.1f,\"sgemm_gops\":%.1f,\"of_sgemm\":%.2f}\n",
+             tide_dtype_traits(dts[d])->name, (long long)M, (long long)N, (long long)K, tide_pool_threads(pool), g[0],
+             g[1], g[2], peak, g[0] / peak);
+      fflush(stdout);
+      tide_tensor_release(w);
+    }
+    tide_tensor_release(a);
+    tide_tensor_release(o);
+  }
+  tide_pool_free(pool);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   int nth = argc > 1 ? atoi(argv[1]) : 2;
   tide_err_t err;
@@ -180,6 +243,7 @@ int main(int argc, char **argv) {
   printf("{\"case\":\"read_bw\",\"threads\":%d,\"gbs\":%.1f}\n", nth, bw);
   fflush(stdout);
 
+  if (getenv("QB_PREFILL")) return prefill(pool);
   dot_vs_llama();
   if (getenv("QB_DOTS_ONLY")) return 0;
 

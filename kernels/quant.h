@@ -100,4 +100,12 @@ void tide_quant_tile4_q6_k_avx2(const void *w, const void *const *a, int64_t n, 
 int tide_quant_matmul(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b, int64_t M,
                       int64_t N, int64_t K, tide_err_t *err);
 
+/* The same product through panels of b dequantized to f32 (tide_quant_to_float) and cblas_sgemm,
+ * threaded over panels of N. */
+int tide_quant_matmul_panels(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b,
+                             int64_t M, int64_t N, int64_t K, tide_err_t *err);
+/* Row dequantizer for dt (the AVX2 one when the CPU has it, else the reference); NULL if none. */
+typedef void (*tide_quant_to_float_fn)(const void *src, float *dst, int64_t n);
+tide_quant_to_float_fn tide_quant_to_float(int32_t dt);
+
 #endif

@@ -428,3 +428,52 @@ void tide_quant_act_q8_k_avx2(const float *x, void *dst, int64_t n) {
     memcpy(b, &d, 4);
   }
 }
+
+/* ---- AVX-512 VNNI gemm tiles on packed rows (see tide_quant_gemm_vnni in quant.h) ----
+ * Compiled for avx512f/bw/vl/vnni through target attributes; called only when
+ * tide_quant_has_vnni512(). A packed row: kp bytes (kp a multiple of 512), then
+ * kp/32 floats d, then kp/32 floats c. Roles: the x rows give vpdpbusd's
+ * unsigned bytes, the y rows its signed bytes. */
+#define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+VNNI_TARGET static inline __m512 scales2(const float *d) { /* d[0] x 8 | d[1] x 8 */
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d[0])), _mm256_set1_ps(d[1]), 1);
+}
+
+VNNI_TARGET static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/* out[i * ldo + j] = sum_b dx_i[b] dy_j[b] (x_i . y_j)_b + sum_b cx_i[b] cy_j[b], i < 4, j < 4. */
+VNNI_TARGET void tide_quant_vnni_tile44(const uint8_t *const *x, const uint8_t *const *y, int64_t kp, float *out,
+                                        int64_t ldo, int mi, int nj) {
+  __m512 acc[4][4];
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+  const int64_t nb = kp / 32;
+  for (int64_t k = 0; k < kp; k += 64) {
+    __m512i yv[4];
+    __m512 dy[4];
+    for (int j = 0; j < 4; j++) {
+      yv[j] = _mm512_loadu_si512((const void *)(y[j] + k));
+      dy[j] = scales2((const float *)(const void *)(y[j] + kp) + k / 32);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+      __m512i xv = _mm512_loadu_si512((const void *)(x[i] + k));
+      __m512 dx = scales2((const float *)(const void *)(x[i] + kp) + k / 32);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; j++) {
+        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, yv[j]);
+        acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dx, dy[j]), acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < mi; i++) {
+    const float *cx = (const float *)(const void *)(x[i] + kp) + nb;
+    for (int j = 0; j < nj; j++) {
+      const float *cy = (const float *)(const void *)(y[j] + kp) + nb;
+      __m512 o = acc[i][j];
+      for (int64_t b = 0; b < nb; b += 16) o = _mm512_fmadd_ps(_mm512_loadu_ps(cx + b), _mm512_loadu_ps(cy + b), o);
+      out[i * ldo + j] = hsum512(o);
+    }
+  }
+}

@@ -186,6 +186,22 @@ function T.search_emits_a_recipe_that_replans_the_same()
   H.near(x.out_tok_s, best.decode.rate, 1e-6 * best.decode.rate, "the emitted recipe plans the same rate")
 end
 
+function T.calibrate_writes_a_loadable_profile()
+  local cal = require "tide.cmd.calibrate"
+  local prof = cal.measure({ quick = true })
+  H.truthy(prof.mem.bw > 0 and prof.peak.f32 > 0 and prof.op_overhead > 0, "measured rates are positive")
+  local dir = H.tmpdir()
+  local path = dir .. "/local.lua"
+  local f = assert(io.open(path, "w"))
+  f:write("return ", cal.serialize(prof), "\n")
+  f:close()
+  local hw = assert(hwmod.load(path))
+  H.near(hw.mem.bw, prof.mem.bw, prof.mem.bw * 1e-5, "bandwidth round-trips")
+  local r = assert(plan.evaluate({ model = "models/llama-tiny", quant = { weights = "bf16", kv = "f32", act = "f32" } },
+    { hardware = hw, phase = "decode", batch = 2 }))
+  H.truthy(r.decode.step > 0, "plans on the measured profile")
+end
+
 function T.cli_plan_and_slo()
   local P = require "tide.cmd.plan"
   local slo = assert(P.parse_slo("tpot=50ms,ttft=2s,speed=20"))

@@ -37,12 +37,12 @@ function M.measure(o)
   local x, y = T.zeros({ n }), T.zeros({ n })
   local tb = best_of(quick and 2 or 5, function() T.op.scale(y, x, 1.0) end)
   local bw = 2 * 4 * n / tb
-  -- fixed cost of an op call (tiny tensors)
-  local a, b = T.zeros({ 1, 16 }), T.zeros({ 1, 16 })
+  -- fixed cost of a kernel call: a tiny matmul through the thread pool
+  local a, wt, b = T.zeros({ 1, 32 }), T.zeros({ 32, 32 }), T.zeros({ 1, 32 })
   local calls = quick and 200 or 2000
-  local tov = best_of(3, function() for _ = 1, calls do T.op.add(b, a, a) end end) / calls
+  local tov = best_of(3, function() for _ = 1, calls do T.op.matmul(b, a, wt) end end) / calls
   -- GEMMs: out (m, n_out) = x (m, k) @ W^T, W (n_out, k) in each dtype
-  local peak, stream = {}, {}
+  local peak, stream, by_m = {}, {}, {}
   local k = quick and 256 or 1024
   local mrows = quick and 64 or 256
   for _, dt in ipairs({ "f32", "bf16", "f16" }) do
@@ -52,6 +52,13 @@ function M.measure(o)
       local xin, out = T.zeros({ mrows, k }), T.zeros({ mrows, k })
       local t = best_of(quick and 2 or 4, function() T.op.matmul(out, xin, wd) end)
       peak[dt] = 2 * mrows * k * k / t
+      -- rate by rows: small-m GEMMs run far below the peak on CPU
+      by_m[dt] = {}
+      for _, mm in ipairs(quick and { 1, 16 } or { 1, 4, 16, 64, 256, 1024 }) do
+        local xm, om = T.zeros({ mm, k }), T.zeros({ mm, k })
+        local tm = best_of(quick and 1 or 3, function() T.op.matmul(om, xm, wd) end)
+        by_m[dt][mm] = 2 * mm * k * k / tm
+      end
       -- weight streaming: one row through a weight larger than the caches
       local ks = quick and 512 or 4096
       local ws = T.zeros({ ks, ks }):copy(dt)
@@ -77,6 +84,7 @@ function M.measure(o)
     inter = { bw = bw / 2, latency = tov },
     eff = { gemm_fp8 = 1, gemm_bf16 = 1, attn_bf16 = 1, mem = 1, intra = 1, inter = 1 },
     op_overhead = tov,
+    gemm_by_m = by_m, -- measured GEMM flop/s by rows m, per weight dtype (k = n = 1024)
     price = 0,
   }
 end
@@ -86,9 +94,15 @@ local function ser(v, ind)
   if type(v) == "table" then
     local keys = {}
     for kk in pairs(v) do keys[#keys + 1] = kk end
-    table.sort(keys)
+    table.sort(keys, function(a, b)
+      if type(a) == type(b) then return a < b end
+      return type(a) == "number"
+    end)
     local parts = {}
-    for _, kk in ipairs(keys) do parts[#parts + 1] = ind .. "  " .. kk .. " = " .. ser(v[kk], ind .. "  ") .. "," end
+    for _, kk in ipairs(keys) do
+      local key = type(kk) == "number" and "[" .. kk .. "]" or kk
+      parts[#parts + 1] = ind .. "  " .. key .. " = " .. ser(v[kk], ind .. "  ") .. ","
+    end
     return "{\n" .. table.concat(parts, "\n") .. "\n" .. ind .. "}"
   elseif type(v) == "string" then return string.format("%q", v)
   else return string.format("%.6g", v) end

@@ -210,10 +210,11 @@ function MLA:cost(rec, name, b, mode)
   rec:elt(name .. ".rope", n * (H + 1) * dr, 6)
   local row = kvl + dr
   if mode == "absorb" then
-    rec:gemm(name .. ".absorb_uk", n * H, kvl, dn, self.kv_b, H * dn * kvl)
+    local per_head = n == 1 and 1 or 2 -- kernel calls per head (matmul, + a convert for n > 1)
+    rec:gemm(name .. ".absorb_uk", n * H, kvl, dn, self.kv_b, H * dn * kvl).calls = H * per_head
     rec:attn(name .. ".core", { flops = 2 * n * b.ctx * H * (row + kvl), kv_read = b.seqs * b.kv * row,
       kv_write = n * row, act = n * H * (row + kvl), heads = H, qk_dim = row, v_dim = kvl, kv_row = row })
-    rec:gemm(name .. ".absorb_uv", n * H, dv, kvl, self.kv_b, H * dv * kvl)
+    rec:gemm(name .. ".absorb_uv", n * H, dv, kvl, self.kv_b, H * dv * kvl).calls = H * per_head
   else
     local rows = b.seqs * b.kv -- every cached row is decompressed
     rec:gemm(name .. ".kv_b", rows, H * (dn + dv), kvl)

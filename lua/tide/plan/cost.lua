@@ -83,6 +83,7 @@ function Rec:add(op)
   op.a_bytes = op.a_bytes or 0
   op.kv_bytes = op.kv_bytes or 0
   op.comm_bytes = op.comm_bytes or 0
+  op.calls = op.calls or 1 -- kernel calls the engine makes for it
   self.ops[#self.ops + 1] = op
   return op
 end
@@ -112,6 +113,7 @@ function Rec:experts(name, rows, E, dim, inter)
   local tokens = rows -- distinct experts touched by `rows` picks, uniform routing
   local hit = E * (1 - (1 - 1 / E) ^ tokens)
   return self:add({ name = name, kind = "gemm", grouped = true, m = rows, n = 3 * inter, k = dim, experts = hit,
+    calls = 4 * hit, -- gate, up, swiglu, down per expert hit
     flops = 2 * rows * 3 * dim * inter, w_bytes = hit * 3 * dim * inter * self.wbytes,
     a_bytes = rows * (2 * dim + 3 * inter) * self.abytes })
 end

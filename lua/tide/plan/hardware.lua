@@ -58,6 +58,14 @@ function M.op_time(hw, op, wd)
   local rate, used, peak, eff
   if op.kind == "gemm" then
     rate, used, peak, eff = M.gemm_rate(hw, wd)
+    -- a calibrated profile measured the GEMM rate by rows: use it at this op's
+    -- rows per call (grouped expert GEMMs: rows per expert hit)
+    local tab = hw.gemm_by_m and (hw.gemm_by_m[wd] or hw.gemm_by_m[used])
+    if tab then
+      local m = op.m / (op.grouped and math.max(op.experts or 1, 1) or 1)
+      rate = M.interp(tab, m)
+      eff = rate / peak
+    end
   elseif op.kind == "attn" then
     used, peak, eff = "bf16", hw.peak.bf16, hw.eff.attn_bf16
     rate = peak * eff
@@ -68,12 +76,33 @@ function M.op_time(hw, op, wd)
   local bytes = op.w_bytes + op.a_bytes + op.kv_bytes
   local bw = hw.mem.bw * hw.eff.mem
   local tc, tm = op.flops / rate, bytes / bw
-  -- a measured fixed cost per op call (calibrated CPU profiles; 0 on GPUs)
-  local ov = hw.op_overhead or 0
+  -- a calibrated profile knows the rate at which its GEMM kernels stream
+  -- weights of each dtype (dequantizing on the fly), which bounds them
+  local stream = op.kind == "gemm" and hw.mem.stream and hw.mem.stream[wd]
+  if stream then tm = op.w_bytes / stream + (op.a_bytes + op.kv_bytes) / bw end
+  -- a measured fixed cost per kernel call (calibrated CPU profiles; 0 on GPUs)
+  local ov = (hw.op_overhead or 0) * (op.calls or 1)
   local info = { dtype = used, peak = peak, eff = eff, flops = op.flops, bytes = bytes, bw = bw, tc = tc, tm = tm,
     overhead = ov }
   if tc >= tm then return tc + ov, "compute", info end
   return tm + ov, "memory", info
+end
+
+-- Log-log interpolation in a table size -> value (clamped at the ends).
+function M.interp(tab, x)
+  local ks = {}
+  for k in pairs(tab) do ks[#ks + 1] = k end
+  table.sort(ks)
+  if x <= ks[1] then return tab[ks[1]] end
+  if x >= ks[#ks] then return tab[ks[#ks]] end
+  for i = 1, #ks - 1 do
+    local a, b = ks[i], ks[i + 1]
+    if x >= a and x <= b then
+      local f = (math.log(x) - math.log(a)) / (math.log(b) - math.log(a))
+      return math.exp(math.log(tab[a]) + f * (math.log(tab[b]) - math.log(tab[a])))
+    end
+  end
+  return tab[ks[#ks]]
 end
 
 -- Low-latency EP kernel time for `tokens` tokens at EP size ep (the DeepEP

@@ -196,6 +196,7 @@ function M.phase(ctx, phase, batch)
     local rows_dev = rows * imb_static * imb_stat
     local hit = slots * (1 - (1 - 1 / slots) ^ rows_dev)
     return r:add({ name = name, kind = "gemm", grouped = true, m = rows_dev, n = 3 * inter, k = dim, experts = hit,
+      calls = 4 * hit,
       flops = 2 * rows_dev * 3 * dim * inter, w_bytes = hit * 3 * dim * inter * r.wbytes,
       a_bytes = rows_dev * (2 * dim + 3 * inter) * r.abytes, imbalance = imb_static * imb_stat })
   end
