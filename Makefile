@@ -100,9 +100,13 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	./tide run recipes/default.lua
 
+# The quick benchmarks (minutes); the long ones (bench/quant_speed.lua writes
+# 1B-parameter synthetic models, bench/serve_*.lua, bench/overlap.lua) are run
+# by hand: `./tide run bench/NAME.lua`.
+BENCH_QUICK ?= decode_overhead tokenizer_bench eplb_balance serve_prefix plan_h20_vs_h800
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@for b in bench/*.lua; do ./tide run $$b; done
+	@for b in $(BENCH_QUICK); do ./tide run bench/$$b.lua || exit 1; done
 
 # ---- fuzzing (clang libFuzzer) ----------------------------------------------
 FUZZ_SECONDS ?= 60
