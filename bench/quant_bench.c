@@ -10,7 +10,12 @@
  * the pool (the decode roofline). Per (format, M): out (M, N) = a (M, K) @ w^T
  * with w (N, K = 4096), N chosen for ~128 MB of weights in every format (an
  * L3 of 32 MiB per core complex; two cores may sit on two), best of several runs; `w_gbs` = weight bytes / time, `of_read_bw` = w_gbs / read_bw
- * (1.0 = bandwidth roofline, meaningful at small M), `gops` = 2*M*N*K / time. */
+ * (1.0 = bandwidth roofline, meaningful at small M), `gops` = 2*M*N*K / time.
+ *
+ * QB_PREFILL=1 (QB_M=rows, default 512): prefill shapes only, M x 2048 x {2048, 5632}; per format the
+ * dispatched matmul and each path of kernels/quant_dot.c (integer dots, AVX2-dequantized panels + sgemm,
+ * AVX-512 VNNI packed tiles) against f32 sgemm in the same run, medians of 5:
+ *   QB_PREFILL=1 build-quant/quant_bench 1 */
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
@@ -159,9 +164,10 @@ static void dot_vs_llama(void) {
 }
 
 /* ---- prefill shapes: out (512, N) = a (512, 2048) @ w^T, N = 2048 and 5632 (llama-1b attention / MLP) ----
- * Per format: `gops` of tide_op_matmul (what the model runs), `int_gops` of the integer-dot path
- * (tide_quant_matmul) and `panel_gops` of dequantized panels + sgemm (tide_quant_matmul_panels),
- * each a median of 5 runs, against `sgemm_gops`, f32 b through the same tide_op_matmul, same run. */
+ * Per format: `gops` of tide_op_matmul (what the model runs), `int_gops` of the integer dots
+ * (tide_quant_matmul_dots), `panel_gops` of dequantized panels + sgemm (tide_quant_matmul_panels) and
+ * `vnni_gops` of the packed tiles (tide_quant_matmul_packed; 0 where they do not apply), each a median of
+ * 5 runs, against `sgemm_gops`, f32 b through the same tide_op_matmul, same run. */
 static double median5(double *t) {
   for (int i = 0; i < 5; i++)
     for (int j = i + 1; j < 5; j++)
@@ -189,15 +195,19 @@ static int prefill(tide_pool_t *pool) {
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
       tide_tensor_t *w = weight(dts[d], N, K);
       if (!w) return 1;
-      double g[3] = {0, 0, 0};
-      for (int path = 0; path < 3; path++) {
+      double g[4] = {0, 0, 0, 0};
+      for (int path = 0; path < 4; path++) {
         if (path > 0 && !tide_quant_has_dot(dts[d])) break;
+        if (path == 3 && ((dts[d] != TIDE_DTYPE_Q8_0 && dts[d] != TIDE_DTYPE_Q4_0 && dts[d] != TIDE_DTYPE_Q4_K) ||
+                          !tide_quant_has_vnni512()))
+          break;
         double t[5];
         for (int r = 0; r < 5; r++) {
           double t0 = now();
           int rc = path == 0   ? tide_op_matmul(pool, o, a, w, 1, &err)
-                   : path == 1 ? tide_quant_matmul(pool, o->data, a->data, K, w, M, N, K, &err)
-                               : tide_quant_matmul_panels(pool, o->data, a->data, K, w, M, N, K, &err);
+                   : path == 1 ? tide_quant_matmul_dots(pool, o->data, a->data, K, w, M, N, K, &err)
+                   : path == 2 ? tide_quant_matmul_panels(pool, o->data, a->data, K, w, M, N, K, &err)
+                               : tide_quant_matmul_packed(pool, o->data, a->data, K, w, M, N, K, 1, &err);
           if (rc) {
             fprintf(stderr, "matmul: %s\n", err.msg);
             return 1;
@@ -208,9 +218,9 @@ static int prefill(tide_pool_t *pool) {
       }
       if (dts[d] == TIDE_DTYPE_F32) peak = g[0];
       printf("{\"case\":\"prefill\",\"dtype\":\"%s\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"threads\":%d,"
-             "\"gops\":%.1f,\"int_gops\":%.1f,\"panel_gops\":%.1f,\"sgemm_gops\":%.1f,\"of_sgemm\":%.2f}\n",
+             "\"gops\":%.1f,\"int_gops\":%.1f,\"panel_gops\":%.1f,\"vnni_gops\":%.1f,\"sgemm_gops\":%.1f,\"of_sgemm\":%.2f}\n",
              tide_dtype_traits(dts[d])->name, (long long)M, (long long)N, (long long)K, tide_pool_threads(pool), g[0],
-             g[1], g[2], peak, g[0] / peak);
+             g[1], g[2], g[3], peak, g[0] / peak);
       fflush(stdout);
       tide_tensor_release(w);
     }

@@ -128,6 +128,9 @@ float tide_vec_max_avx2(const float *x, int64_t n);
 float tide_vec_exp_sum_avx2(float *o, const float *x, float s, float m, int64_t n);
 /* Four dot products of one f32 vector a with rows b0..b3 (same dtype) at once. */
 void tide_vec_dot4_avx2(const float *a, const void *const *b, int32_t dt, int64_t n, float *out);
+/* As tide_vec_dot4_avx2, also prefetching the four rows pf (read next; NULL: none) as far as b is read. */
+void tide_vec_dot4_pf_avx2(const float *a, const void *const *b, int32_t dt, int64_t n, float *out,
+                           const void *const *pf);
 
 /* Run fn on the pool when work (a rough estimate of the single-thread time in
  * nanoseconds) is large enough to pay for waking the threads; otherwise on the
@@ -162,6 +165,9 @@ void tide_vec_tile2_c(const float *a, int64_t lda, int32_t ma, const void *b0, c
                       float *out, int64_t ldo);
 void tide_vec_tile2_avx2(const float *a, int64_t lda, int32_t ma, const void *b0, const void *b1, int32_t dt,
                          int64_t n, float *out, int64_t ldo);
+/* As tide_vec_tile2_avx2, also prefetching the rows pf0, pf1 (read next; NULL: none) as far as b0, b1 are read. */
+void tide_vec_tile2_pf_avx2(const float *a, int64_t lda, int32_t ma, const void *b0, const void *b1, int32_t dt,
+                            int64_t n, float *out, int64_t ldo, const void *pf0, const void *pf1);
 
 /* 1 when the CPU runs the AVX2 paths (AVX2, FMA and F16C). */
 int tide_k_has_avx2(void);

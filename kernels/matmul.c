@@ -1,16 +1,20 @@
 /* matmul.c: out (M, N) = a (M, K) @ b^T (trans_b = 1, b (N, K)) or a @ b (trans_b = 0, b (K, N)).
  *
  * Paths, chosen per call:
- *  - b in a GGML block format with a dot kernel (q8_0, q4_0, q4_k, q6_k; trans_b = 1)
- *    and M <= TIDE_QUANT_DOT_MAX_M: kernels/quant_dot.c (rows of a quantized to
- *    q8 blocks once, integer dots threaded over N).
+ *  - b in a GGML block format with a dot kernel (q8_0, q4_0, q4_k, q6_k; trans_b = 1):
+ *    kernels/quant_dot.c (tide_quant_matmul: packed VNNI tiles, integer dots on
+ *    rows of a quantized to q8 blocks, or dequantized panels + sgemm, by M).
  *  - small M (decode and small MoE expert batches; trans_b = 1, b rows dense,
  *    b f32/f16/bf16/f8_e4m3): direct dot kernels read b's rows in their own
  *    format, no conversion pass. M = 1: 4 rows of b at a time; M > 1: tiles
  *    of 2 rows of b x up to 4 rows of a, so each 8 elements of b are
  *    converted once per 4 rows of a; f8 block scales applied per 128-column
  *    segment. Up to M = 4 for f32 (sgemm is as fast beyond), 12 for scaled
- *    f8, 16 for f16/bf16 (measured below). Bound by reading b once.
+ *    f8, 16 for f16/bf16 (measured below). Bound by reading b once. With AVX2
+ *    each group of rows of b prefetches the next group's rows as it reads its
+ *    own: rows of a few KiB are too short for the hardware prefetcher, and
+ *    the single-thread bf16 matvec (512 x 1024, cold weights) went from
+ *    62-71 us (~15 GB/s) to ~30 us (~33 GB/s) with it.
  *  - b f32 (no scales) with one unit stride: cblas_sgemm on b in place.
  *  - otherwise: panels of NB output columns; each thread converts its panel of
  *    b (NB rows of b, or NB columns for trans_b = 0) to f32 in its own scratch
@@ -116,9 +120,16 @@ static void small_task(void *arg, int32_t ith, int32_t nth) {
   if (!b->scale && c->M == 1 && tide_k_has_avx2()) { /* one row of a: 4 rows of b at a time */
     for (; n + 4 <= hi; n += 4) {
       const void *rows[4] = {tide_k_row(b, n), tide_k_row(b, n + 1), tide_k_row(b, n + 2), tide_k_row(b, n + 3)};
-      tide_vec_dot4_avx2(c->A, rows, dt, c->K, c->out + n);
+      const void *next[4];
+      for (int r = 0; r < 4; r++) next[r] = tide_k_row(b, n + 4 + r < hi ? n + 4 + r : hi - 1);
+      tide_vec_dot4_pf_avx2(c->A, rows, dt, c->K, c->out + n, next);
     }
   } else if (!b->scale) { /* 2 rows of b x up to 4 rows of a: b converted once per 4 rows of a */
+    if (tide_k_has_avx2()) /* the next two rows prefetched while these are read (see tide_vec_dot4_pf_avx2) */
+      for (; n + 2 <= hi; n += 2)
+        tide_vec_tile2_pf_avx2(c->A, c->lda, (int32_t)c->M, tide_k_row(b, n), tide_k_row(b, n + 1), dt, c->K,
+                               c->out + n, c->N, tide_k_row(b, n + 2 < hi ? n + 2 : n),
+                               tide_k_row(b, n + 3 < hi ? n + 3 : n + 1));
     for (; n + 2 <= hi; n += 2)
       tide_vec_tile2(c->A, c->lda, (int32_t)c->M, tide_k_row(b, n), tide_k_row(b, n + 1), dt, c->K, c->out + n, c->N);
   }
@@ -212,9 +223,10 @@ int tide_op_matmul(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *a
     c.lda = c.K;
   }
 
-  /* GGML block weights (q8_0, q4_0, q4_k, q6_k), up to TIDE_QUANT_DOT_MAX_M rows of a: integer dots against the
-   * rows of a quantized on the fly (kernels/quant_dot.c); beyond, converted panels and sgemm (below) */
-  if (trans_b && tide_quant_has_dot(b->dtype) && !b->scale && c.M <= TIDE_QUANT_DOT_MAX_M) {
+  /* GGML block weights (q8_0, q4_0, q4_k, q6_k): kernels/quant_dot.c picks per dtype and M among AVX-512 VNNI
+   * tiles on packed rows, integer dots against rows of a quantized on the fly, and AVX2-dequantized panels +
+   * sgemm */
+  if (trans_b && tide_quant_matmul_wants(b->dtype, c.M) && !b->scale) {
     rc = tide_quant_matmul(pool, c.out, c.A, c.lda, b, c.M, c.N, c.K, err);
     free(abuf);
     return rc;

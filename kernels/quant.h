@@ -85,8 +85,9 @@ void tide_quant_tile4_q4_0_avx2(const void *w, const void *const *a, int64_t n, 
 void tide_quant_tile4_q4_k_avx2(const void *w, const void *const *a, int64_t n, float *out);
 void tide_quant_tile4_q6_k_avx2(const void *w, const void *const *a, int64_t n, float *out);
 
-/* tide_op_matmul uses tide_quant_matmul up to this many rows of a; beyond, it
- * converts panels of b to f32 (scalar dequantization) and calls sgemm.
+/* tide_quant_matmul uses the integer dots up to this many rows of a (unless the
+ * packed tiles apply); beyond, panels of b dequantized to f32 and sgemm.
+ * (History: measured before the packed tiles and the AVX2 dequantizers.)
  * Measured with bench/quant_bench.c, 2 threads, K = 4096, on this shared
  * 2-core machine (so +-20% between runs), GOP/s: integer dots flat at 70-100
  * from M = 4 to 256; panels + sgemm 25-40 at M = 16, 47-71 at 32, 59-74 at 64,
@@ -96,9 +97,48 @@ void tide_quant_tile4_q6_k_avx2(const void *w, const void *const *a, int64_t n, 
 
 /* out (M, N) = A (M, K) @ b^T for b (N, K) in a dtype with a dot kernel (dense
  * rows, no block scales, K a multiple of its block size): each row of A is
- * quantized once to the activation format, then dots run threaded over N. */
+ * quantized once to the activation format, then dots run threaded over N
+ * (or, from tide_quant_packed_min_m rows on with AVX-512 VNNI, the packed tiles). */
 int tide_quant_matmul(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b, int64_t M,
                       int64_t N, int64_t K, tide_err_t *err);
+/* The integer-dot path alone (tide_quant_matmul picks it or the packed tiles). */
+int tide_quant_matmul_dots(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b,
+                           int64_t M, int64_t N, int64_t K, tide_err_t *err);
+
+/* ---- large M: AVX-512 VNNI tiles on packed rows (kernels/quant_dot.c drives, quant_avx2.c computes) ----
+ * q8_0, q4_0 and q4_k weights, activations quantized to q8_0 (also for q4_k). A packed row of K values:
+ * kp = K rounded up to 512 bytes (zero padded), then kp/32 floats d and kp/32 floats c (zero padded), per
+ * 32-value block b, so that
+ *   dot(w, a) = sum_b dx[b] dy[b] (x . y)_b + sum_b cx[b] cy[b]
+ * with x the row whose bytes are unsigned (vpdpbusd's first operand), y the signed one:
+ *   q8_0: x = activation, bytes q + 128, d = c = da; y = weight, bytes q, d = dw, c = -128 dw sum(q)
+ *   q4_0: x = weight, bytes the 4-bit values 0..15, d = dw, c = -8 dw;
+ *   q4_k: x = weight, bytes the 4-bit values, d = d sc_j, c = -dmin m_j (sub-block j);
+ *         for both y = activation, bytes q, d = da, c = da sum(q). */
+int tide_quant_has_vnni512(void);
+/* tide_quant_matmul takes q8_0 / q4_0 / q4_k weights through the packed tiles (when the CPU has AVX-512 VNNI)
+ * from M = 16 / 32 / 48 rows of A on, the integer dots below (each call packs all of b, ~N*K scalar steps).
+ * Measured with bench/quant_bench.c (QB_PREFILL=1 QB_M=..., 1 thread, K = 2048, N = 5632), GOP/s dots vs
+ * packed: q8_0 M=16 81/85, 32 81/116; q4_0 M=16 85/75, 32 86/106; q4_k M=32 96/89, 48 70/76, 64 64/73;
+ * M = 512: dots 82/82/95, packed 172/173/175 (f32 sgemm 110 in the same run). */
+int64_t tide_quant_packed_min_m(int32_t dt); /* 0: no packed tiles for dt */
+/* 1 when tide_op_matmul should hand b of dtype dt and M rows of a to tide_quant_matmul (which picks the
+ * packed tiles, the integer dots up to TIDE_QUANT_DOT_MAX_M rows, else AVX2-dequantized panels + sgemm). */
+int tide_quant_matmul_wants(int32_t dt, int64_t M);
+/* The activation format tide_quant_matmul quantizes M rows of a to for weight dtype dt (f32: panels). */
+int32_t tide_quant_matmul_act_dtype(int32_t dt, int64_t M);
+int64_t tide_quant_packed_kp(int64_t K);
+/* Pack one activation row (made by tide_quant_act_quantize for weight dtype dt) or one weight row. */
+void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst);
+void tide_quant_pack_weight(int32_t dt, const void *w, int64_t K, uint8_t *dst);
+/* The packed-row product above for 4 x rows x 4 y rows (portable reference and AVX-512 VNNI). */
+void tide_quant_vnni_tile44(const uint8_t *const *x, const uint8_t *const *y, int64_t kp, float *out, int64_t si,
+                            int64_t sj, int mi, int nj);
+void tide_quant_packed_tile44_c(const uint8_t *const *x, const uint8_t *const *y, int64_t kp, float *out, int64_t si,
+                                int64_t sj, int mi, int nj);
+/* out (M, N) = A @ b^T through packed tiles (q8_0 / q4_0 / q4_k b); use_vnni = 0 runs the portable tile. */
+int tide_quant_matmul_packed(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b,
+                             int64_t M, int64_t N, int64_t K, int use_vnni, tide_err_t *err);
 
 /* The same product through panels of b dequantized to f32 (tide_quant_to_float) and cblas_sgemm,
  * threaded over panels of N. */
@@ -107,5 +147,11 @@ int tide_quant_matmul_panels(tide_pool_t *pool, float *out, const float *A, int6
 /* Row dequantizer for dt (the AVX2 one when the CPU has it, else the reference); NULL if none. */
 typedef void (*tide_quant_to_float_fn)(const void *src, float *dst, int64_t n);
 tide_quant_to_float_fn tide_quant_to_float(int32_t dt);
+/* AVX2 dequantizers: the same floats as the references (same operations, same order). */
+tide_quant_to_float_fn tide_quant_to_float_avx2(int32_t dt);
+void tide_quant_to_float_q8_0_avx2(const void *src, float *dst, int64_t n);
+void tide_quant_to_float_q4_0_avx2(const void *src, float *dst, int64_t n);
+void tide_quant_to_float_q4_k_avx2(const void *src, float *dst, int64_t n);
+void tide_quant_to_float_q6_k_avx2(const void *src, float *dst, int64_t n);
 
 #endif

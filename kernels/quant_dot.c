@@ -248,8 +248,40 @@ static void qmm_task(void *arg, int32_t ith, int32_t nth) {
   }
 }
 
+int64_t tide_quant_packed_min_m(int32_t dt) {
+  switch (dt) {
+  case TIDE_DTYPE_Q8_0: return 16;
+  case TIDE_DTYPE_Q4_0: return 32;
+  case TIDE_DTYPE_Q4_K: return 48;
+  default: return 0;
+  }
+}
+
+static int packed_fits(int32_t dt, int64_t M) {
+  int64_t m0 = tide_quant_packed_min_m(dt);
+  return m0 > 0 && M >= m0 && tide_quant_has_vnni512();
+}
+
+int32_t tide_quant_matmul_act_dtype(int32_t dt, int64_t M) {
+  return packed_fits(dt, M)               ? TIDE_DTYPE_Q8_0
+         : M > TIDE_QUANT_DOT_MAX_M       ? TIDE_DTYPE_F32
+                                          : tide_quant_act_dtype(dt);
+}
+
+int tide_quant_matmul_wants(int32_t dt, int64_t M) {
+  (void)M;
+  return tide_quant_has_dot(dt);
+}
+
 int tide_quant_matmul(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b, int64_t M,
                       int64_t N, int64_t K, tide_err_t *err) {
+  if (packed_fits(b->dtype, M) && !b->scale) return tide_quant_matmul_packed(pool, out, A, lda, b, M, N, K, 1, err);
+  if (M > TIDE_QUANT_DOT_MAX_M) return tide_quant_matmul_panels(pool, out, A, lda, b, M, N, K, err);
+  return tide_quant_matmul_dots(pool, out, A, lda, b, M, N, K, err);
+}
+
+int tide_quant_matmul_dots(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b,
+                           int64_t M, int64_t N, int64_t K, tide_err_t *err) {
   if (tide_quant_act_dtype(b->dtype) < 0 || b->scale || K % tide_dtype_traits(b->dtype)->block_size)
     return tide_err_set(err, TIDE_EINVAL, "matmul: no quantized kernel for b of dtype %s",
                         tide_dtype_traits(b->dtype)->name);
@@ -313,7 +345,18 @@ int tide_quant_matmul_panels(tide_pool_t *pool, float *out, const float *A, int6
   return 0;
 }
 
+tide_quant_to_float_fn tide_quant_to_float_avx2(int32_t dt) {
+  switch (dt) {
+  case TIDE_DTYPE_Q8_0: return tide_quant_to_float_q8_0_avx2;
+  case TIDE_DTYPE_Q4_0: return tide_quant_to_float_q4_0_avx2;
+  case TIDE_DTYPE_Q4_K: return tide_quant_to_float_q4_k_avx2;
+  case TIDE_DTYPE_Q6_K: return tide_quant_to_float_q6_k_avx2;
+  default: return NULL;
+  }
+}
+
 tide_quant_to_float_fn tide_quant_to_float(int32_t dt) {
+  if (tide_k_has_avx2()) return tide_quant_to_float_avx2(dt);
   switch (dt) {
   case TIDE_DTYPE_Q8_0: return tide_quant_to_float_q8_0;
   case TIDE_DTYPE_Q4_0: return tide_quant_to_float_q4_0;
@@ -321,4 +364,187 @@ tide_quant_to_float_fn tide_quant_to_float(int32_t dt) {
   case TIDE_DTYPE_Q6_K: return tide_quant_to_float_q6_k;
   default: return NULL;
   }
+}
+
+/* ---- packed rows for the VNNI tiles (layout in quant.h) ---- */
+int tide_quant_has_vnni512(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni");
+#else
+  return 0;
+#endif
+}
+
+int64_t tide_quant_packed_kp(int64_t K) { return (K + 511) / 512 * 512; }
+
+static int64_t packed_row_bytes(int64_t K) {
+  int64_t kp = tide_quant_packed_kp(K);
+  return kp + kp / 32 * 8;
+}
+
+static void pack_clear(uint8_t *dst, int64_t K) { memset(dst, 0, (size_t)packed_row_bytes(K)); }
+
+void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
+  int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
+  float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
+  pack_clear(dst, K);
+  const uint8_t *q = a;
+  for (int64_t b = 0; b < nb; b++, q += 34) {
+    float da = half_at(q);
+    int32_t sum = 0;
+    for (int j = 0; j < TIDE_QK; j++) {
+      int v = (int8_t)q[2 + j];
+      sum += v;
+      dst[b * TIDE_QK + j] = dt == TIDE_DTYPE_Q8_0 ? (uint8_t)(v + 128) : (uint8_t)v;
+    }
+    d[b] = da;
+    c[b] = dt == TIDE_DTYPE_Q8_0 ? da : da * (float)sum;
+  }
+}
+
+void tide_quant_pack_weight(int32_t dt, const void *w, int64_t K, uint8_t *dst) {
+  int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
+  float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
+  pack_clear(dst, K);
+  const uint8_t *q = w;
+  if (dt == TIDE_DTYPE_Q8_0) {
+    for (int64_t b = 0; b < nb; b++, q += 34) {
+      int32_t sum = 0;
+      for (int j = 0; j < TIDE_QK; j++) sum += (int8_t)q[2 + j];
+      memcpy(dst + b * TIDE_QK, q + 2, TIDE_QK);
+      d[b] = half_at(q);
+      c[b] = -128.0f * d[b] * (float)sum;
+    }
+  } else if (dt == TIDE_DTYPE_Q4_0) {
+    for (int64_t b = 0; b < nb; b++, q += 18) {
+      for (int j = 0; j < 16; j++) {
+        dst[b * TIDE_QK + j] = q[2 + j] & 15;
+        dst[b * TIDE_QK + 16 + j] = q[2 + j] >> 4;
+      }
+      d[b] = half_at(q);
+      c[b] = -8.0f * d[b];
+    }
+  } else { /* q4_k: sub-block j of 32 values has scale d * sc_j and offset -dmin * m_j */
+    for (int64_t B = 0; B < K / TIDE_QK_K; B++, q += 144) {
+      float dd = half_at(q), dmin = half_at(q + 2);
+      const uint8_t *sc = q + 4, *qs = q + 16;
+      uint8_t *o = dst + B * TIDE_QK_K;
+      for (int j = 0; j < 8; j++) {
+        int scj, mj;
+        if (j < 4) {
+          scj = sc[j] & 63;
+          mj = sc[j + 4] & 63;
+        } else {
+          scj = (sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4);
+          mj = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+        }
+        const uint8_t *qj = qs + 32 * (j / 2);
+        for (int l = 0; l < 32; l++) o[32 * j + l] = (qj[l] >> (4 * (j % 2))) & 15;
+        d[8 * B + j] = dd * (float)scj;
+        c[8 * B + j] = -dmin * (float)mj;
+      }
+    }
+  }
+}
+
+void tide_quant_packed_tile44_c(const uint8_t *const *x, const uint8_t *const *y, int64_t kp, float *out, int64_t si,
+                                int64_t sj, int mi, int nj) {
+  int64_t nb = kp / 32;
+  for (int i = 0; i < mi; i++)
+    for (int j = 0; j < nj; j++) {
+      const float *dx = (const float *)(const void *)(x[i] + kp), *dy = (const float *)(const void *)(y[j] + kp);
+      float s = 0.0f;
+      for (int64_t b = 0; b < nb; b++) {
+        int32_t sumi = 0;
+        for (int l = 0; l < 32; l++) sumi += (int)x[i][32 * b + l] * (int)(int8_t)y[j][32 * b + l];
+        s += dx[b] * dy[b] * (float)sumi + dx[nb + b] * dy[nb + b];
+      }
+      out[i * si + j * sj] = s;
+    }
+}
+
+#define QV_NB 64 /* weight rows packed per step (per thread): 64 x 2.5 KiB at K = 2048, in L2 */
+
+typedef struct {
+  float *out;
+  const uint8_t *ap; /* (M, prb) packed activation rows */
+  int64_t prb, kp;
+  const tide_tensor_t *b;
+  int64_t M, N, K;
+  uint8_t *wbuf; /* (threads, QV_NB, prb) */
+  int use_vnni;
+  atomic_llong next;
+} qv_ctx_t;
+
+static void qv_task(void *arg, int32_t ith, int32_t nth) {
+  (void)nth;
+  qv_ctx_t *c = arg;
+  uint8_t *W = c->wbuf + (int64_t)ith * QV_NB * c->prb;
+  int q8 = c->b->dtype == TIDE_DTYPE_Q8_0;
+  int64_t panels = (c->N + QV_NB - 1) / QV_NB;
+  for (;;) {
+    int64_t pi = atomic_fetch_add(&c->next, 1);
+    if (pi >= panels) break;
+    int64_t n0 = pi * QV_NB, nb = c->N - n0 < QV_NB ? c->N - n0 : QV_NB;
+    for (int64_t j = 0; j < nb; j++) tide_quant_pack_weight(c->b->dtype, tide_k_row(c->b, n0 + j), c->K, W + j * c->prb);
+    for (int64_t m0 = 0; m0 < c->M; m0 += 4) {
+      int mi = c->M - m0 < 4 ? (int)(c->M - m0) : 4;
+      const uint8_t *ar[4];
+      for (int r = 0; r < 4; r++) ar[r] = c->ap + (m0 + (r < mi ? r : mi - 1)) * c->prb;
+      for (int64_t j0 = 0; j0 < nb; j0 += 4) {
+        int nj = nb - j0 < 4 ? (int)(nb - j0) : 4;
+        const uint8_t *wr[4];
+        for (int r = 0; r < 4; r++) wr[r] = W + (j0 + (r < nj ? r : nj - 1)) * c->prb;
+        float *o = c->out + m0 * c->N + n0 + j0;
+        if (q8) { /* x = activations */
+          if (c->use_vnni)
+            tide_quant_vnni_tile44(ar, wr, c->kp, o, c->N, 1, mi, nj);
+          else
+            tide_quant_packed_tile44_c(ar, wr, c->kp, o, c->N, 1, mi, nj);
+        } else { /* x = weights */
+          if (c->use_vnni)
+            tide_quant_vnni_tile44(wr, ar, c->kp, o, 1, c->N, nj, mi);
+          else
+            tide_quant_packed_tile44_c(wr, ar, c->kp, o, 1, c->N, nj, mi);
+        }
+      }
+    }
+  }
+}
+
+int tide_quant_matmul_packed(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b,
+                             int64_t M, int64_t N, int64_t K, int use_vnni, tide_err_t *err) {
+  if ((b->dtype != TIDE_DTYPE_Q8_0 && b->dtype != TIDE_DTYPE_Q4_0 && b->dtype != TIDE_DTYPE_Q4_K) || b->scale ||
+      K % tide_dtype_traits(b->dtype)->block_size)
+    return tide_err_set(err, TIDE_EINVAL, "matmul: no packed kernel for b of dtype %s",
+                        tide_dtype_traits(b->dtype)->name);
+  if (use_vnni && !tide_quant_has_vnni512())
+    return tide_err_set(err, TIDE_EINVAL, "matmul: the CPU has no AVX-512 VNNI");
+  qv_ctx_t c = {.out = out, .b = b, .M = M, .N = N, .K = K, .use_vnni = use_vnni};
+  c.kp = tide_quant_packed_kp(K);
+  c.prb = packed_row_bytes(K);
+  int32_t qdt = b->dtype == TIDE_DTYPE_Q8_0 ? TIDE_DTYPE_Q8_0 : TIDE_DTYPE_Q4_0; /* q8_0 activations, no aux */
+  int64_t arb = tide_quant_act_row_bytes(TIDE_DTYPE_Q8_0, K);
+  int32_t nth = tide_pool_threads(pool);
+  uint8_t *ap = malloc((size_t)(M * c.prb)), *wbuf = malloc((size_t)(QV_NB * c.prb * nth)), *tmp = malloc((size_t)arb);
+  if (!ap || !wbuf || !tmp) {
+    free(ap);
+    free(wbuf);
+    free(tmp);
+    return tide_err_set(err, TIDE_ENOMEM, "matmul: out of memory");
+  }
+  for (int64_t m = 0; m < M; m++) {
+    tide_quant_act_quantize(TIDE_DTYPE_Q8_0, A + m * lda, tmp, K);
+    tide_quant_pack_act(qdt, tmp, K, ap + m * c.prb);
+  }
+  c.ap = ap;
+  c.wbuf = wbuf;
+  atomic_init(&c.next, 0);
+  tide_k_run(pool, qv_task, &c, M * N * K / 100 + N * K / 8);
+  free(ap);
+  free(wbuf);
+  free(tmp);
+  return 0;
 }

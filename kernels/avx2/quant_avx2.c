@@ -433,7 +433,9 @@ void tide_quant_act_q8_k_avx2(const float *x, void *dst, int64_t n) {
  * Compiled for avx512f/bw/vl/vnni through target attributes; called only when
  * tide_quant_has_vnni512(). A packed row: kp bytes (kp a multiple of 512), then
  * kp/32 floats d, then kp/32 floats c. Roles: the x rows give vpdpbusd's
- * unsigned bytes, the y rows its signed bytes. */
+ * unsigned bytes, the y rows its signed bytes. (Interleaving the two blocks of
+ * each 64 bytes by 4 bytes, so one vbroadcastf32x2 gives the lanes' scales,
+ * measured no faster.) */
 #define VNNI_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
 VNNI_TARGET static inline __m512 scales2(const float *d) { /* d[0] x 8 | d[1] x 8 */
@@ -442,9 +444,10 @@ VNNI_TARGET static inline __m512 scales2(const float *d) { /* d[0] x 8 | d[1] x 
 
 VNNI_TARGET static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-/* out[i * ldo + j] = sum_b dx_i[b] dy_j[b] (x_i . y_j)_b + sum_b cx_i[b] cy_j[b], i < 4, j < 4. */
+/* out[i * si + j * sj] = sum_b dx_i[b] dy_j[b] (x_i . y_j)_b + sum_b cx_i[b] cy_j[b], i < mi, j < nj
+ * (all 4 x 4 computed: callers repeat row pointers). */
 VNNI_TARGET void tide_quant_vnni_tile44(const uint8_t *const *x, const uint8_t *const *y, int64_t kp, float *out,
-                                        int64_t ldo, int mi, int nj) {
+                                        int64_t si, int64_t sj, int mi, int nj) {
   __m512 acc[4][4];
   for (int i = 0; i < 4; i++)
     for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
@@ -473,7 +476,78 @@ VNNI_TARGET void tide_quant_vnni_tile44(const uint8_t *const *x, const uint8_t *
       const float *cy = (const float *)(const void *)(y[j] + kp) + nb;
       __m512 o = acc[i][j];
       for (int64_t b = 0; b < nb; b += 16) o = _mm512_fmadd_ps(_mm512_loadu_ps(cx + b), _mm512_loadu_ps(cy + b), o);
-      out[i * ldo + j] = hsum512(o);
+      out[i * si + j * sj] = hsum512(o);
+    }
+  }
+}
+
+/* ---- dequantization to f32 (panels for sgemm): the same floats as kernels/quant.c,
+ * same operations in the same order (products, then the q4_k min subtracted, no FMA) ---- */
+
+/* y[0..15] = s_lo * x[0..15], y[16..31] = s_hi * x[16..31] for 32 signed bytes x. */
+static inline void store_i8x32(float *y, __m256i x, __m256 s_lo, __m256 s_hi) {
+  __m128i lo = _mm256_castsi256_si128(x), hi = _mm256_extracti128_si256(x, 1);
+  _mm256_storeu_ps(y, _mm256_mul_ps(s_lo, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+  _mm256_storeu_ps(y + 8, _mm256_mul_ps(s_lo, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+  _mm256_storeu_ps(y + 16, _mm256_mul_ps(s_hi, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+  _mm256_storeu_ps(y + 24, _mm256_mul_ps(s_hi, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+}
+
+void tide_quant_to_float_q8_0_avx2(const void *src, float *dst, int64_t n) {
+  const uint8_t *b = src;
+  for (int64_t i = 0; i < n / TIDE_QK; i++, b += 34) {
+    __m256 d = _mm256_set1_ps(half_at(b));
+    store_i8x32(dst + i * TIDE_QK, _mm256_loadu_si256((const __m256i *)(b + 2)), d, d);
+  }
+}
+
+void tide_quant_to_float_q4_0_avx2(const void *src, float *dst, int64_t n) {
+  const uint8_t *b = src;
+  for (int64_t i = 0; i < n / TIDE_QK; i++, b += 18) {
+    __m256 d = _mm256_set1_ps(half_at(b));
+    store_i8x32(dst + i * TIDE_QK, _mm256_sub_epi8(q4_0_values_u(b + 2), _mm256_set1_epi8(8)), d, d);
+  }
+}
+
+/* 32 unsigned 4-bit values times d, minus m. */
+static inline void store_u4x32(float *y, __m256i x, __m256 d, __m256 m) {
+  __m128i lo = _mm256_castsi256_si128(x), hi = _mm256_extracti128_si256(x, 1);
+  __m128i p[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+  for (int k = 0; k < 4; k++)
+    _mm256_storeu_ps(y + 8 * k, _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(p[k]))), m));
+}
+
+void tide_quant_to_float_q4_k_avx2(const void *src, float *dst, int64_t n) {
+  const uint8_t *b = src;
+  const __m256i m4 = _mm256_set1_epi8(15);
+  for (int64_t i = 0; i < n / TIDE_QK_K; i++, b += 144) {
+    float d = half_at(b), dmin = half_at(b + 2);
+    uint8_t sm[16];
+    _mm_storeu_si128((__m128i *)sm, q4_k_scales_mins(b + 4)); /* scales 0..7, mins 8..15 */
+    const uint8_t *q = b + 16;
+    float *y = dst + i * TIDE_QK_K;
+    for (int c = 0; c < 4; c++) {
+      __m256i q4 = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
+      store_u4x32(y + 64 * c, _mm256_and_si256(q4, m4), _mm256_set1_ps(d * (float)sm[2 * c]),
+                  _mm256_set1_ps(dmin * (float)sm[8 + 2 * c]));
+      store_u4x32(y + 64 * c + 32, _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4),
+                  _mm256_set1_ps(d * (float)sm[2 * c + 1]), _mm256_set1_ps(dmin * (float)sm[8 + 2 * c + 1]));
+    }
+  }
+}
+
+void tide_quant_to_float_q6_k_avx2(const void *src, float *dst, int64_t n) {
+  const uint8_t *b = src;
+  for (int64_t i = 0; i < n / TIDE_QK_K; i++, b += 210) {
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = half_at(b + 208);
+    float *y = dst + i * TIDE_QK_K;
+    for (int h = 0; h < 2; h++) {
+      __m256i q[4];
+      q6_k_values(b + 64 * h, b + 128 + 32 * h, q);
+      for (int k = 0; k < 4; k++)
+        store_i8x32(y + 128 * h + 32 * k, _mm256_sub_epi8(q[k], _mm256_set1_epi8(32)),
+                    _mm256_set1_ps(d * (float)sc[8 * h + 2 * k]), _mm256_set1_ps(d * (float)sc[8 * h + 2 * k + 1]));
     }
   }
 }

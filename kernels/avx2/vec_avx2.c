@@ -59,11 +59,24 @@ float tide_vec_dot_avx2(const float *a, const void *b, int32_t dt, int64_t n) {
   return s;
 }
 
-void tide_vec_dot4_avx2(const float *a, const void *const *b, int32_t dt, int64_t n, float *out) {
+/* Four rows at once; dt is a constant after inlining (one loop per dtype, no
+ * dtype test per load). pf: four rows read next (the caller's next group), each
+ * prefetched as far as these rows are read (once per 64-byte line): a decode matvec reads every row of
+ * b once, and rows of a few KiB are too short for the hardware prefetcher to
+ * ramp up on (measured single-thread: see kernels/matmul.c). */
+static inline __attribute__((always_inline)) void dot4(const float *a, const void *const *b, int32_t dt, int64_t n,
+                                                        float *out, const void *const *pf) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
   __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps(), t2 = _mm256_setzero_ps(), t3 = _mm256_setzero_ps();
+  int64_t es = dt == TIDE_DTYPE_F32 ? 4 : dt == TIDE_DTYPE_F8_E4M3 ? 1 : 2;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) { /* two accumulators per row: 8 FMAs in flight */
+    if (pf && ((i * es) & 63) == 0) {
+      _mm_prefetch((const char *)pf[0] + i * es, _MM_HINT_T0);
+      _mm_prefetch((const char *)pf[1] + i * es, _MM_HINT_T0);
+      _mm_prefetch((const char *)pf[2] + i * es, _MM_HINT_T0);
+      _mm_prefetch((const char *)pf[3] + i * es, _MM_HINT_T0);
+    }
     __m256 x = _mm256_loadu_ps(a + i), y = _mm256_loadu_ps(a + i + 8);
     s0 = _mm256_fmadd_ps(x, load8(b[0], dt, i), s0);
     s1 = _mm256_fmadd_ps(x, load8(b[1], dt, i), s1);
@@ -96,6 +109,20 @@ void tide_vec_dot4_avx2(const float *a, const void *const *b, int32_t dt, int64_
   out[1] = r1;
   out[2] = r2;
   out[3] = r3;
+}
+
+void tide_vec_dot4_pf_avx2(const float *a, const void *const *b, int32_t dt, int64_t n, float *out,
+                           const void *const *pf) {
+  switch (dt) {
+  case TIDE_DTYPE_BF16: dot4(a, b, TIDE_DTYPE_BF16, n, out, pf); break;
+  case TIDE_DTYPE_F16: dot4(a, b, TIDE_DTYPE_F16, n, out, pf); break;
+  case TIDE_DTYPE_F8_E4M3: dot4(a, b, TIDE_DTYPE_F8_E4M3, n, out, pf); break;
+  default: dot4(a, b, TIDE_DTYPE_F32, n, out, pf); break;
+  }
+}
+
+void tide_vec_dot4_avx2(const float *a, const void *const *b, int32_t dt, int64_t n, float *out) {
+  tide_vec_dot4_pf_avx2(a, b, dt, n, out, NULL);
 }
 
 void tide_vec_axpy_avx2(float *y, float s, const void *x, int32_t dt, int64_t n) {
@@ -353,14 +380,20 @@ void tide_vec_dot_f8s4_avx2(const float *a, const uint8_t *const *b, const float
 /* A tile of small-M matmul: out[m*ldo + j] = dot(a + m*lda, b_j) for m < MA and
  * the two rows b0, b1. Each 8 elements of b are converted once for all MA rows
  * of a; 2*MA independent FMA chains. */
+/* pf0, pf1 (or NULL): the two rows read next, prefetched once per 64-byte line as far as b0, b1 are read. */
 static inline __attribute__((always_inline)) void tile2(const float *a, int64_t lda, const void *b0, const void *b1,
                                                         const int32_t dt, int64_t n, float *out, int64_t ldo,
-                                                        const int MA) {
+                                                        const int MA, const void *pf0, const void *pf1) {
   __m256 c0[4], c1[4];
+  const int64_t es = dt == TIDE_DTYPE_F32 ? 4 : dt == TIDE_DTYPE_F8_E4M3 ? 1 : 2;
 #pragma GCC unroll 4
   for (int m = 0; m < MA; m++) c0[m] = c1[m] = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
+    if (pf0 && ((i * es) & 63) == 0) {
+      _mm_prefetch((const char *)pf0 + i * es, _MM_HINT_T0);
+      _mm_prefetch((const char *)pf1 + i * es, _MM_HINT_T0);
+    }
     __m256 x0 = load8(b0, dt, i), x1 = load8(b1, dt, i);
 #pragma GCC unroll 4
     for (int m = 0; m < MA; m++) {
@@ -384,14 +417,14 @@ static inline __attribute__((always_inline)) void tile2(const float *a, int64_t 
  * resolved outside the loop and the accumulators stay in registers. */
 #define TILE2_MA(DT)                                           \
   switch (g) {                                                 \
-  case 1: tile2(a, lda, b0, b1, DT, n, out, ldo, 1); break;    \
-  case 2: tile2(a, lda, b0, b1, DT, n, out, ldo, 2); break;    \
-  case 3: tile2(a, lda, b0, b1, DT, n, out, ldo, 3); break;    \
-  default: tile2(a, lda, b0, b1, DT, n, out, ldo, 4); break;   \
+  case 1: tile2(a, lda, b0, b1, DT, n, out, ldo, 1, pf0, pf1); break;    \
+  case 2: tile2(a, lda, b0, b1, DT, n, out, ldo, 2, pf0, pf1); break;    \
+  case 3: tile2(a, lda, b0, b1, DT, n, out, ldo, 3, pf0, pf1); break;    \
+  default: tile2(a, lda, b0, b1, DT, n, out, ldo, 4, pf0, pf1); break;   \
   }
 
-void tide_vec_tile2_avx2(const float *a, int64_t lda, int32_t ma, const void *b0, const void *b1, int32_t dt,
-                         int64_t n, float *out, int64_t ldo) {
+void tide_vec_tile2_pf_avx2(const float *a, int64_t lda, int32_t ma, const void *b0, const void *b1, int32_t dt,
+                            int64_t n, float *out, int64_t ldo, const void *pf0, const void *pf1) {
   while (ma > 0) {
     int32_t g = ma > 4 ? 4 : ma;
     switch (dt) {
@@ -403,5 +436,11 @@ void tide_vec_tile2_avx2(const float *a, int64_t lda, int32_t ma, const void *b0
     a += g * lda;
     out += g * ldo;
     ma -= g;
+    pf0 = pf1 = NULL; /* later groups of a re-read b0, b1 from cache */
   }
+}
+
+void tide_vec_tile2_avx2(const float *a, int64_t lda, int32_t ma, const void *b0, const void *b1, int32_t dt,
+                         int64_t n, float *out, int64_t ldo) {
+  tide_vec_tile2_pf_avx2(a, lda, ma, b0, b1, dt, n, out, ldo, NULL, NULL);
 }

@@ -113,7 +113,7 @@ function M.from_tensors(cfg, tensors, opts, source)
 end
 
 -- tide.load(path, opts): path is a Hugging Face folder (config.json +
--- safetensors) or a .gguf file. opts: mla ("naive" | "absorb"), kv = {block,
+-- safetensors) or a .gguf file. opts: mla ("auto" (default) | "naive" | "absorb"), kv = {block,
 -- dtype, blocks}, threads, max_ctx. Returns the model or nil, err.
 function M.load(path, opts)
   opts = opts or {}

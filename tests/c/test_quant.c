@@ -345,13 +345,14 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
   const int64_t Ns[] = {1, 7, 37, 64};
   int cases = 0;
   for (int f = 0; f < 4; f++) {
-    int32_t dt = qdts[f], adt = tide_quant_act_dtype(dt);
+    int32_t dt = qdts[f];
     int64_t bs = tide_dtype_traits(dt)->block_size;
     double err2 = 0, sig2 = 0; /* over all shapes: one small dot alone can cancel to ~0 */
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
       for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
         int64_t M = Ms[mi], N = Ns[ni], K = bs * (1 + (int64_t)((mi + ni + f) % 3)) * (bs == 32 ? 4 : 1);
         int th = 1 + (int)((mi + ni) % 4);
+        int32_t adt = tide_quant_matmul_act_dtype(dt, M);
         int64_t sa[2] = {M, K}, so[2] = {M, N};
         tide_tensor_t *a = mk(TIDE_DTYPE_F32, 2, sa), *o = mk(TIDE_DTYPE_F32, 2, so), *oref = mk(TIDE_DTYPE_F32, 2, so);
         fill_gauss(&rng, a->data, M * K, 1.0f);
@@ -362,6 +363,10 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
         uint8_t *aq = malloc((size_t)K * 2);
         for (int64_t n = 0; n < N; n++) tide_k_load(w, n, 0, K, wf + n * K);
         for (int64_t m = 0; m < M; m++) {
+          if (adt == TIDE_DTYPE_F32) { /* panels: f32 activations */
+            memcpy(af + m * K, (float *)a->data + m * K, (size_t)K * 4);
+            continue;
+          }
           tide_dtype_traits(adt)->from_float((float *)a->data + m * K, aq, K);
           tide_dtype_traits(adt)->to_float(aq, af + m * K, K);
         }
@@ -386,8 +391,8 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
           err2 += d * d;
           sig2 += (double)((float *)oref->data)[i] * ((float *)oref->data)[i];
         }
-        /* panels use f32 activations, as the reference */
-        if (M > TIDE_QUANT_DOT_MAX_M ? !(e_ref < 1e-5) : !(e1 < 1e-5)) {
+        /* panels use f32 activations, as the reference; packed tiles (q8_0 / q4_0 with VNNI) q8_0 ones */
+        if (adt == TIDE_DTYPE_F32 ? !(e_ref < 1e-5) : !(e1 < 1e-5)) {
           fprintf(stderr, "%s M=%lld N=%lld K=%lld threads %d: error / sum|terms| vs exact %.3g, vs reference %.3g\n",
                   tide_dtype_traits(dt)->name, (long long)M, (long long)N, (long long)K, th, e1, e_ref);
           fail();
@@ -407,6 +412,91 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
     assert_true(err2 / sig2 < 2e-4);
   }
   assert_int_equal(cases, 4 * 7 * 4);
+  for (int i = 1; i <= 4; i++) tide_pool_free(pool[i]);
+}
+
+/* AVX2 dequantizers against the references: the same floats, bit for bit, on
+ * random rows (the same products in the same order). */
+static void test_quant_to_float_fast_vs_ref(void **state) {
+  (void)state;
+  if (!tide_k_has_avx2()) skip();
+  tu_rng_t rng = {33};
+  const int64_t K = 1024;
+  float *x = malloc((size_t)K * 4), *y0 = malloc((size_t)K * 4), *y1 = malloc((size_t)K * 4);
+  uint8_t *q = malloc((size_t)K * 2);
+  for (int f = 0; f < 4; f++)
+    for (int rep = 0; rep < 8; rep++) {
+      fill_gauss(&rng, x, K, rep == 0 ? 1e-3f : 0.5f * (float)rep);
+      tide_dtype_traits(qdts[f])->from_float(x, q, K);
+      tide_dtype_traits(qdts[f])->to_float(q, y0, K);
+      tide_quant_to_float_avx2(qdts[f])(q, y1, K);
+      assert_memory_equal(y0, y1, (size_t)K * 4);
+    }
+  free(x);
+  free(y0);
+  free(y1);
+  free(q);
+}
+
+/* Packed tiles (q8_0 / q4_0 / q4_k, any M): the portable tile and, when the CPU
+ * has it, the AVX-512 VNNI tile, through tide_quant_matmul_packed on ragged
+ * shapes (M and N not multiples of 4, K not a multiple of the 512-byte packing)
+ * and pools of 1..4 threads, against the double-precision product of the
+ * dequantized weights and the dequantized q8_0 activation rows (what the tiles
+ * compute, up to float rounding: measured nmse <= 3e-13, bound 1e-10). */
+static void test_quant_packed_fast_vs_ref(void **state) {
+  (void)state;
+  tide_pool_t *pool[5] = {NULL};
+  tide_err_t err;
+  for (int i = 1; i <= 4; i++) assert_int_equal(tide_pool_new(i, &pool[i], &err), 0);
+  tu_rng_t rng = {21};
+  const int64_t Ms[] = {1, 3, 6, 17}, Ns[] = {1, 6, 13, 70}, Ks[] = {256, 768, 2304};
+  const int32_t dts[3] = {TIDE_DTYPE_Q8_0, TIDE_DTYPE_Q4_0, TIDE_DTYPE_Q4_K};
+  int vnni = tide_quant_has_vnni512();
+  for (int f = 0; f < 3; f++)
+    for (size_t mi = 0; mi < 4; mi++)
+      for (size_t ni = 0; ni < 4; ni++) {
+        int32_t dt = dts[f];
+        int64_t M = Ms[mi], N = Ns[ni], K = Ks[(mi + ni) % 3] / (dt == TIDE_DTYPE_Q4_K ? 1 : 8); /* 32 / 96 / 288 for 32-blocks */
+        int th = 1 + (int)((mi + 3 * ni + f) % 4);
+        tide_tensor_t *w = quant_weight(&rng, dt, N, K, 0.05f);
+        float *a = malloc((size_t)(M * K) * 4), *o = malloc((size_t)(M * N) * 4), *ref = malloc((size_t)(M * N) * 4);
+        fill_gauss(&rng, a, M * K, 1.0f);
+        uint8_t *aq = malloc((size_t)K * 2);
+        float *af = malloc((size_t)(M * K) * 4), *wf = malloc((size_t)(N * K) * 4);
+        for (int64_t m = 0; m < M; m++) {
+          tide_quant_from_float_q8_0(a + m * K, aq, K);
+          tide_quant_to_float_q8_0(aq, af + m * K, K);
+        }
+        for (int64_t n = 0; n < N; n++) tide_k_load(w, n, 0, K, wf + n * K);
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t n = 0; n < N; n++) {
+            double sum = 0;
+            for (int64_t k = 0; k < K; k++) sum += (double)af[m * K + k] * wf[n * K + k];
+            ref[m * N + n] = (float)sum;
+          }
+        free(af);
+        free(wf);
+        for (int v = 0; v <= vnni; v++) {
+          for (int64_t i = 0; i < M * N; i++) o[i] = NAN;
+          assert_int_equal(tide_quant_matmul_packed(pool[th], o, a, K, w, M, N, K, v, &err), 0);
+          double e = nmse(o, ref, M * N);
+          if (getenv("TIDE_QUANT_VERBOSE") || !(e < 1e-10))
+            fprintf(stderr, "packed %s vnni %d M=%lld N=%lld K=%lld threads %d: nmse %.3g\n",
+                    tide_dtype_traits(dt)->name, v, (long long)M, (long long)N, (long long)K, th, e);
+          assert_true(e < 1e-10);
+        }
+        free(a);
+        free(o);
+        free(ref);
+        free(aq);
+        tide_tensor_release(w);
+      }
+  /* other dtypes are refused */
+  tide_tensor_t *w6 = quant_weight(&rng, TIDE_DTYPE_Q6_K, 4, 256, 0.05f);
+  float a6[256] = {0}, o6[4];
+  assert_int_equal(tide_quant_matmul_packed(pool[1], o6, a6, 256, w6, 1, 4, 256, 0, &err), TIDE_EINVAL);
+  tide_tensor_release(w6);
   for (int i = 1; i <= 4; i++) tide_pool_free(pool[i]);
 }
 
@@ -522,6 +612,7 @@ int main(void) {
       cmocka_unit_test(test_quant_dot_fast_vs_ref),
       cmocka_unit_test(test_quant_matmul_fast_vs_ref), cmocka_unit_test(test_quant_matmul_threads_same),
       cmocka_unit_test(test_quant_matmul_strided_a),   cmocka_unit_test(test_quant_get_rows),
+      cmocka_unit_test(test_quant_packed_fast_vs_ref), cmocka_unit_test(test_quant_to_float_fast_vs_ref),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -99,6 +99,10 @@ function T.dsv3_absorb_generate() check_generate("dsv3-tiny", "absorb") end
 function T.dsv3_fp8_naive() check_logits("dsv3-tiny-fp8", "naive") check_generate("dsv3-tiny-fp8", "naive") end
 function T.dsv3_fp8_absorb() check_logits("dsv3-tiny-fp8", "absorb") check_generate("dsv3-tiny-fp8", "absorb") end
 
+-- the default: absorbed for decode-sized steps, naive for prefill chunks
+function T.dsv3_auto() check_logits("dsv3-tiny", "auto") check_generate("dsv3-tiny", "auto") end
+function T.dsv3_fp8_auto() check_logits("dsv3-tiny-fp8", "auto") check_generate("dsv3-tiny-fp8", "auto") end
+
 function T.fp8_weights_stay_fp8()
   local m = model("dsv3-tiny-fp8", "naive")
   local w = m.arch.layers[1].mlp.gate.weight

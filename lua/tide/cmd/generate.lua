@@ -16,7 +16,8 @@ usage: tide generate [--model PATH] --prompt TEXT [options]
   --seed S            random seed (default 0)
   --stop TEXT         stop when TEXT appears (may be given once)
   --chat              wrap the prompt in the model's chat template
-  --mla MODE          naive | absorb (DeepSeek-V3)
+  --mla MODE          auto | naive | absorb (DeepSeek-V3; auto: absorbed for
+                      decode-sized steps, naive for prefill chunks)
   --threads N         compute threads
   --json              print {"prompt_ids", "ids", "text", "timings"} instead of streaming
   --recipe FILE       run the recipe's parallel plan (model, EP/DP/TP/PP; under mpirun one

@@ -13,7 +13,7 @@ usage: tide ppl [--model PATH] --file TEXT [--ctx 256] [--max-tokens 65536] [--j
   --file TEXT        the text (documents separated by blank lines)
   --ctx N            window length (default 256)
   --max-tokens N     tokens scored (default 65536)
-  --mla MODE         naive | absorb (DeepSeek-V3)
+  --mla MODE         auto | naive | absorb (DeepSeek-V3; default auto)
   --threads N        compute threads
   --json             print {"nll": ..., "ppl": ..., "tokens": ...}]]
 

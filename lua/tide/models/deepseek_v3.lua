@@ -109,8 +109,10 @@ function M.build(cfg, W, opts)
   c.norm_topk_prob = cfg.norm_topk_prob
   c.rscale = cfg.routed_scaling_factor or 1.0
   c.n_mtp = cfg.num_nextn_predict_layers or 0
-  c.mla = opts.mla or "naive"
-  if c.mla ~= "naive" and c.mla ~= "absorb" then error("option mla must be 'naive' or 'absorb' (got '" .. tostring(c.mla) .. "')", 0) end
+  c.mla = opts.mla or "auto"
+  if c.mla ~= "naive" and c.mla ~= "absorb" and c.mla ~= "auto" then
+    error("option mla must be 'naive', 'absorb' or 'auto' (got '" .. tostring(c.mla) .. "')", 0)
+  end
   local interleave = cfg.rope_interleave
   if interleave == nil then interleave = true end
   local rope, rerr = nn.rope.from_config(cfg, c.dr, interleave)

@@ -99,7 +99,11 @@ function MLA:forward(ctx, layer, x)
   T.op.kv_store(cv.lat, ws:view("mla.lat3", lat, 0, n, 1, kvl), ctx.batch)
   T.op.kv_store(cv.pe, k_pe, ctx.batch)
   local attn
-  if (ctx.mla or self.mode) == "absorb" then
+  local mode = ctx.mla or self.mode
+  -- auto: absorbed for decode-sized steps (reads the latent cache, no K/V
+  -- rebuilt over the whole context per step), naive for prefill chunks
+  if mode == "auto" then mode = n <= 16 and "absorb" or "naive" end
+  if mode == "absorb" then
     attn = self:attend_absorbed(ctx, cv, q, q_pe, n)
   else
     attn = self:attend_naive(ctx, cv, q, n)
@@ -198,6 +202,7 @@ end
 function MLA:cost(rec, name, b, mode)
   mode = mode or self.mode
   local n, H, kvl, dn, dr, dv = b.n, self.n_head, self.kvl, self.dn, self.dr, self.dv
+  if mode == "auto" then mode = n <= 16 and "absorb" or "naive" end -- as in forward
   if self.q_a then
     self.q_a:cost(rec, name .. ".q_a", n)
     self.q_a_norm:cost(rec, name .. ".q_a_norm", n)
