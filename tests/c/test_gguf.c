@@ -13,30 +13,6 @@
 
 #include "gguf.h"
 
-static char *g_dir;
-
-static int setup(void **state) {
-  (void)state;
-  g_dir = tu_tmpdir();
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", g_dir);
-  free(g_dir);
-  return 0;
-}
-
-static char *tmp_path(const char *name) {
-  static char buf[8][512];
-  static int k;
-  char *p = buf[k++ % 8];
-  snprintf(p, 512, "%s/%s", g_dir, name);
-  return p;
-}
 
 /* ---- an independent little-endian byte builder --------------------------- */
 
@@ -106,7 +82,7 @@ static uint8_t *read_file(const char *path, size_t *n) {
 }
 
 static void expect_bad(bb_t *b, const char *name, int code, const char *needle) {
-  const char *path = tmp_path(name);
+  const char *path = tu_tmp_path(name);
   tu_write_file(path, b->p, b->n);
   tide_gguf_t *g = (tide_gguf_t *)1;
   tide_err_t err;
@@ -170,9 +146,9 @@ static void write_sample(const char *path, tide_tensor_t **ts) {
 static void test_gguf_writer_matches_v3_layout(void **state) {
   (void)state;
   tide_tensor_t *ts[3];
-  const char *path = tmp_path("layout.gguf");
+  const char *path = tu_tmp_path("layout.gguf");
   write_sample(path, ts);
-  assert_int_equal(access(tmp_path("layout.gguf.tmp"), F_OK), -1);
+  assert_int_equal(access(tu_tmp_path("layout.gguf.tmp"), F_OK), -1);
 
   bb_t e = {0};
   bheader(&e, 3, 3, 18);
@@ -226,7 +202,7 @@ static int64_t kv_typed(const tide_gguf_t *g, const char *name, int32_t type) {
 static void test_gguf_read_back_every_type(void **state) {
   (void)state;
   tide_tensor_t *ts[3];
-  const char *path = tmp_path("rt.gguf");
+  const char *path = tu_tmp_path("rt.gguf");
   write_sample(path, ts);
   tide_gguf_t *g;
   tide_err_t err;
@@ -316,7 +292,7 @@ static void test_gguf_read_back_tensor_types_and_alignment(void **state) {
   /* a strided view is written contiguous */
   assert_int_equal(tide_tensor_transpose(ts[0], 0, 1, &tr, &err), 0);
   assert_int_equal(tide_gguf_writer_add_tensor(w, "transposed", tr, &err), 0);
-  const char *path = tmp_path("types.gguf");
+  const char *path = tu_tmp_path("types.gguf");
   assert_int_equal(tide_gguf_writer_write(w, path, &err), 0);
   tide_gguf_writer_free(w);
   tide_gguf_t *g;
@@ -399,7 +375,7 @@ static void test_gguf_writer_rejects_bad_input(void **state) {
   assert_non_null(strstr(err.msg, "'f8'"));
   assert_int_equal(tide_gguf_writer_add_tensor(w, "x", f, &err), 0);
   assert_int_equal(tide_gguf_writer_add_tensor(w, "x", f, &err), TIDE_EINVAL);
-  assert_int_equal(tide_gguf_writer_write(w, tmp_path("no/such/dir.gguf"), &err), TIDE_EIO);
+  assert_int_equal(tide_gguf_writer_write(w, tu_tmp_path("no/such/dir.gguf"), &err), TIDE_EIO);
   tide_gguf_writer_free(w);
   tide_tensor_release(f8);
   tide_tensor_release(f);
@@ -656,5 +632,5 @@ int main(void) {
       cmocka_unit_test(test_gguf_bad_offsets),
       cmocka_unit_test(test_gguf_fuzz_seeds_and_crashes_replay),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
 }

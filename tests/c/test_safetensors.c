@@ -17,30 +17,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static char *g_dir; /* per-run temp folder */
-
-static int setup(void **state) {
-  (void)state;
-  g_dir = tu_tmpdir();
-  return 0;
-}
-
-static int teardown(void **state) {
-  (void)state;
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", g_dir);
-  free(g_dir);
-  return 0;
-}
-
-static char *tmp_path(const char *name) {
-  static char buf[8][512];
-  static int k;
-  char *p = buf[k++ % 8];
-  snprintf(p, 512, "%s/%s", g_dir, name);
-  return p;
-}
 
 /* A file image: 8-byte LE header length, header, data. */
 typedef struct {
@@ -66,7 +42,7 @@ static img_t make_json_img(const char *json, const void *data, size_t dn) {
 /* Write the image to NAME in the temp folder and open it: it must fail with
  * code (when code != 0) and a message holding the path and `needle`. */
 static void expect_bad_file(img_t m, const char *name, int code, const char *needle) {
-  const char *path = tmp_path(name);
+  const char *path = tu_tmp_path(name);
   tu_write_file(path, m.p, m.n);
   tide_st_t *st = (tide_st_t *)1;
   tide_err_t err;
@@ -113,9 +89,9 @@ static void test_safetensors_save_load_every_dtype(void **state) {
   ((float *)ts[ND + 1]->data)[0] = 3.25f;
   names[ND + 1] = "scalar";
   const char *meta[] = {"format", "pt", "note", "caf\xc3\xa9"};
-  const char *path = tmp_path("all.safetensors");
+  const char *path = tu_tmp_path("all.safetensors");
   assert_int_equal(tide_st_save(path, ND + 2, names, (const tide_tensor_t *const *)ts, 2, meta, &err), 0);
-  assert_int_equal(access(tmp_path("all.safetensors.tmp"), F_OK), -1); /* renamed */
+  assert_int_equal(access(tu_tmp_path("all.safetensors.tmp"), F_OK), -1); /* renamed */
 
   /* the layout: header length padded to 8 with spaces, __metadata__ first, names sorted */
   FILE *f = fopen(path, "rb");
@@ -191,7 +167,7 @@ static void test_safetensors_reads_hand_written_file(void **state) {
   memcpy(data, fv, 16);
   data[16] = 0x80, data[17] = 0x3f, data[18] = 0x40, data[19] = 0xc0; /* bf16 1.0, -3.0 */
   img_t m = make_img(hdr, padded, data, sizeof data);
-  const char *path = tmp_path("hand.safetensors");
+  const char *path = tu_tmp_path("hand.safetensors");
   tu_write_file(path, m.p, m.n);
   tide_st_t *st;
   tide_err_t err;
@@ -242,7 +218,7 @@ static void test_safetensors_sharded_index(void **state) {
   assert_int_equal(tide_tensor_new(TIDE_DTYPE_BF16, 2, s2, &b, &err), 0);
   ((float *)a->data)[3] = 7.0f;
   const char *na[] = {"w.a"}, *nb[] = {"w.b"};
-  char *dir = tmp_path("sharded");
+  char *dir = tu_tmp_path("sharded");
   assert_int_equal(mkdir(dir, 0700), 0);
   char p1[600], p2[600], idx[600];
   snprintf(p1, sizeof p1, "%s/s-1.safetensors", dir);
@@ -299,13 +275,13 @@ static void test_safetensors_sharded_index(void **state) {
 
 static void test_safetensors_folder_without_weights(void **state) {
   (void)state;
-  char *dir = tmp_path("emptydir");
+  char *dir = tu_tmp_path("emptydir");
   assert_int_equal(mkdir(dir, 0700), 0);
   tide_st_t *st;
   tide_err_t err;
   assert_int_equal(tide_st_open(dir, &st, &err), TIDE_ENOTFOUND);
   assert_non_null(strstr(err.msg, dir));
-  assert_int_equal(tide_st_open(tmp_path("nope.safetensors"), &st, &err), TIDE_ENOTFOUND);
+  assert_int_equal(tide_st_open(tu_tmp_path("nope.safetensors"), &st, &err), TIDE_ENOTFOUND);
   assert_non_null(strstr(err.msg, "nope.safetensors"));
 }
 
@@ -416,7 +392,7 @@ static void test_safetensors_bad_header_length_beyond_file(void **state) {
   memset(m.p, 0xff, 8); /* 2^64-1 */
   expect_bad_file(m, "hlen2.safetensors", TIDE_EFORMAT, "header length");
   /* over the 100 MB limit, in a (sparse) file big enough to hold it */
-  const char *big = tmp_path("absurd.safetensors");
+  const char *big = tu_tmp_path("absurd.safetensors");
   uint64_t hl = 150000000ull;
   uint8_t len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (uint8_t)(hl >> (8 * i));
@@ -571,19 +547,19 @@ static void test_safetensors_save_rejects_bad_input(void **state) {
   assert_int_equal(tide_tensor_new(TIDE_DTYPE_Q8_0, 2, s, &q, &err), 0);
   assert_int_equal(tide_tensor_new(TIDE_DTYPE_F32, 2, s, &f, &err), 0);
   const char *names[] = {"q"};
-  assert_int_equal(tide_st_save(tmp_path("q.safetensors"), 1, names, (const tide_tensor_t *const *)&q, 0, NULL, &err),
+  assert_int_equal(tide_st_save(tu_tmp_path("q.safetensors"), 1, names, (const tide_tensor_t *const *)&q, 0, NULL, &err),
                    TIDE_EDTYPE);
   assert_non_null(strstr(err.msg, "'q'"));
-  assert_int_equal(access(tmp_path("q.safetensors"), F_OK), -1);
-  assert_int_equal(access(tmp_path("q.safetensors.tmp"), F_OK), -1);
+  assert_int_equal(access(tu_tmp_path("q.safetensors"), F_OK), -1);
+  assert_int_equal(access(tu_tmp_path("q.safetensors.tmp"), F_OK), -1);
   const char *dup[] = {"x", "x"};
   const tide_tensor_t *two[] = {f, f};
-  assert_int_equal(tide_st_save(tmp_path("d.safetensors"), 2, dup, two, 0, NULL, &err), TIDE_EINVAL);
+  assert_int_equal(tide_st_save(tu_tmp_path("d.safetensors"), 2, dup, two, 0, NULL, &err), TIDE_EINVAL);
   assert_non_null(strstr(err.msg, "twice"));
   const char *nm[] = {"f"};
-  assert_int_equal(tide_st_save(tmp_path("no/such/dir.safetensors"), 1, nm, two, 0, NULL, &err), TIDE_EIO);
+  assert_int_equal(tide_st_save(tu_tmp_path("no/such/dir.safetensors"), 1, nm, two, 0, NULL, &err), TIDE_EIO);
   const char *badmeta[] = {"k", "\xff"};
-  assert_int_equal(tide_st_save(tmp_path("m.safetensors"), 1, nm, two, 1, badmeta, &err), TIDE_EINVAL);
+  assert_int_equal(tide_st_save(tu_tmp_path("m.safetensors"), 1, nm, two, 1, badmeta, &err), TIDE_EINVAL);
   tide_tensor_release(q);
   tide_tensor_release(f);
 }
@@ -666,5 +642,5 @@ int main(void) {
       cmocka_unit_test(test_safetensors_save_rejects_bad_input),
       cmocka_unit_test(test_safetensors_fuzz_seeds_and_crashes_replay),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
 }

@@ -90,3 +90,29 @@ char *tu_tmpdir(void) {
   assert_non_null(mkdtemp(t));
   return t;
 }
+
+static char *group_dir; /* the current group's temp folder (tests run one group at a time) */
+
+int tu_group_setup(void **state) {
+  (void)state;
+  group_dir = tu_tmpdir();
+  return 0;
+}
+
+int tu_group_teardown(void **state) {
+  (void)state;
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", group_dir);
+  if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", group_dir);
+  free(group_dir);
+  group_dir = NULL;
+  return 0;
+}
+
+char *tu_tmp_path(const char *name) {
+  static char buf[8][512];
+  static int k;
+  char *p = buf[k++ % 8];
+  snprintf(p, 512, "%s/%s", group_dir, name);
+  return p;
+}

@@ -27,5 +27,10 @@ double tu_maxdiff(const tide_tensor_t *a, const tide_tensor_t *b);
 void tu_write_file(const char *path, const void *data, size_t n);
 /* mkdtemp-based directory; caller frees. */
 char *tu_tmpdir(void);
+/* cmocka group fixtures: a fresh temp folder per group run, removed after;
+ * tu_tmp_path(name) is a path inside it (8 rotating static buffers). */
+int tu_group_setup(void **state);
+int tu_group_teardown(void **state);
+char *tu_tmp_path(const char *name);
 
 #endif

@@ -82,6 +82,19 @@ end
 -- The tide executable running the tests (tests/lua/run.lua is run by it).
 H.tide = (arg and arg[-1]) or "./tide"
 
+-- MPI runs for the parallel tests: true when mpirun is installed, and a
+-- launcher `H.mpirun(opts, np, args)` running `tide ARGS` on np ranks
+-- (oversubscribed, allowed as root, 60 s limit) -> output, exit code.
+function H.have_mpirun()
+  local _, code = H.sh("command -v mpirun")
+  return code == 0
+end
+H.MPIRUN = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ASAN_OPTIONS=detect_leaks=0 "
+  .. "timeout 60 mpirun --oversubscribe "
+function H.mpirun(opts, np, args)
+  return H.sh(H.MPIRUN .. opts .. " -np " .. np .. " " .. H.q(H.tide) .. " " .. args .. " 2>&1")
+end
+
 -- A fresh temporary directory (removed at exit by the OS's tmp cleaning).
 function H.tmpdir()
   local p = io.popen("mktemp -d")

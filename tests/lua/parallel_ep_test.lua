@@ -123,17 +123,7 @@ end
 
 -- ---- MPI (skipped when mpirun is missing) ----------------------------------------------
 
-local function have_mpirun()
-  local _, code = H.sh("command -v mpirun")
-  return code == 0
-end
-
-local MPIRUN = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ASAN_OPTIONS=detect_leaks=0 "
-  .. "timeout 60 mpirun --oversubscribe "
-
-local function mpirun(opts, np, args)
-  return H.sh(MPIRUN .. opts .. " -np " .. np .. " " .. H.q(H.tide) .. " " .. args .. " 2>&1")
-end
+local have_mpirun, mpirun = H.have_mpirun, H.mpirun
 
 function T.mpi_same_tokens_ep_eplb_and_tcp()
   if not have_mpirun() then print("  (skipped: no mpirun)") return end

@@ -93,18 +93,12 @@ function T.dsv3_tp2_logits_match_one_process_to_roundoff()
   end
 end
 
-local function have_mpirun()
-  local _, code = H.sh("command -v mpirun")
-  return code == 0
-end
-
-local MPIRUN = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ASAN_OPTIONS=detect_leaks=0 "
-  .. "timeout 60 mpirun --oversubscribe "
+local have_mpirun = H.have_mpirun
 
 function T.mpi_same_tokens_tp2_pp2()
   if not have_mpirun() then print("  (skipped: no mpirun)") return end
   for _, r in ipairs({ "llama-tiny-tp2", "llama-tiny-pp2", "dsv3-tiny-tp2" }) do
-    local out, code = H.sh(MPIRUN .. "-np 2 " .. H.q(H.tide) .. " run tests/mpi/ep_check.lua recipes/" .. r .. ".lua 2>&1")
+    local out, code = H.mpirun("", 2, "run tests/mpi/ep_check.lua recipes/" .. r .. ".lua")
     check_out(out, code, "mpirun " .. r)
   end
 end
