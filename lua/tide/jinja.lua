@@ -558,15 +558,7 @@ local json_value
 do
   local jws = S(" \t\r\n") ^ 0
   local hex = R("09", "af", "AF")
-  local function utf8c(cp)
-    if cp < 0x80 then return string.char(cp)
-    elseif cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64)
-    elseif cp < 0x10000 then
-      return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-    end
-    return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-      0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
+  local utf8c = require("tide.utf8").encode
   local jesc = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
   local function decode_str(s)
     s = s:gsub("\\u([dD][89abAB]%x%x)\\u([dD][c-fC-F]%x%x)", function(a, b)

@@ -181,15 +181,7 @@ local function utf8_decode(s, i)
   return cp, i + n + 1
 end
 
-local function utf8_encode(cp)
-  if cp < 0x80 then return string.char(cp)
-  elseif cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64)
-  elseif cp < 0x10000 then
-    return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
-  return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
-    0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
-end
+local utf8_encode = require("tide.utf8").encode
 M.utf8_encode = utf8_encode
 
 local function unsupported(what, pat, pos)

@@ -229,6 +229,30 @@ local function grow(self, name, ct, n)
 end
 
 -- Q8 rows on the wire: per row an f32 scale then dim int8 values.
+-- Rows of a step's routed (token, expert) pairs in the single-process order
+-- (by logical expert, stable in token order): pos maps routed index -> row;
+-- tok/rw hold each row's token and routing weight; y (nk, dim) receives the rows.
+local function single_process_order(self, ws, selp, wtp, nk, E, K, dim)
+  local cnt = grow(self, "b_ecnt", "int32_t[?]", E + 1)
+  ffi.fill(cnt, (E + 1) * 4)
+  for i = 0, nk - 1 do cnt[selp[i] + 1] = cnt[selp[i] + 1] + 1 end
+  for e = 1, E do cnt[e] = cnt[e] + cnt[e - 1] end
+  local pos = grow(self, "b_pos", "int32_t[?]", nk)
+  local tok = ws:get_i32("moe.tok", nk)
+  local rw = ws:get("moe.rw", nk)
+  local tokp, rwp = ffi.cast("int32_t*", tok._p.data), ffi.cast("float*", rw._p.data)
+  for i = 0, nk - 1 do
+    local e = selp[i]
+    local r = cnt[e]
+    cnt[e] = r + 1
+    pos[i] = r
+    tokp[r] = math.floor(i / K)
+    rwp[r] = wtp[i]
+  end
+  local y = ws:get("moe.y", nk, dim)
+  return pos, tok, rw, y, ffi.cast("float*", y._p.data)
+end
+
 local function q8_pack(dst, src, rows, dim)
   local stride = dim + 4
   for r = 0, rows - 1 do
@@ -430,24 +454,7 @@ function Plan:exchange(moe, ws, x, n, key)
   self.bytes.combine = self.bytes.combine + rtot * dim * 4
   if n == 0 then return nil, true end
   -- rows in the single-process order (by logical expert, stable in token order)
-  local cnt = grow(self, "b_ecnt", "int32_t[?]", E + 1)
-  ffi.fill(cnt, (E + 1) * 4)
-  for i = 0, nk - 1 do cnt[selp[i] + 1] = cnt[selp[i] + 1] + 1 end
-  for e = 1, E do cnt[e] = cnt[e] + cnt[e - 1] end
-  local pos = grow(self, "b_pos", "int32_t[?]", nk) -- routed index -> single-process row
-  local tok = ws:get_i32("moe.tok", nk)
-  local rw = ws:get("moe.rw", nk)
-  local tokp, rwp = ffi.cast("int32_t*", tok._p.data), ffi.cast("float*", rw._p.data)
-  for i = 0, nk - 1 do
-    local e = selp[i]
-    local r = cnt[e]
-    cnt[e] = r + 1
-    pos[i] = r
-    tokp[r] = math.floor(i / K)
-    rwp[r] = wtp[i]
-  end
-  local y = ws:get("moe.y", nk, dim)
-  local yp = ffi.cast("float*", y._p.data)
+  local pos, tok, rw, y, yp = single_process_order(self, ws, selp, wtp, nk, E, K, dim)
   for r = 0, nk - 1 do ffi.copy(yp + pos[order[r]] * dim, yb + r * dim, dim * 4) end
   local out
   if moe.shared then
@@ -605,24 +612,7 @@ function Plan:exchange2(moe, ws, x, n, key)
   end
   if n == 0 then return nil, true end
   -- single-process row order, then the weighted scatter-add
-  local cnt = grow(self, "b_ecnt", "int32_t[?]", E + 1)
-  ffi.fill(cnt, (E + 1) * 4)
-  for i = 0, nk - 1 do cnt[selp[i] + 1] = cnt[selp[i] + 1] + 1 end
-  for e = 1, E do cnt[e] = cnt[e] + cnt[e - 1] end
-  local pos = grow(self, "b_pos", "int32_t[?]", nk)
-  local tok = ws:get_i32("moe.tok", nk)
-  local rw = ws:get("moe.rw", nk)
-  local tokp, rwp = ffi.cast("int32_t*", tok._p.data), ffi.cast("float*", rw._p.data)
-  for i = 0, nk - 1 do
-    local e = selp[i]
-    local r = cnt[e]
-    cnt[e] = r + 1
-    pos[i] = r
-    tokp[r] = math.floor(i / K)
-    rwp[r] = wtp[i]
-  end
-  local y = ws:get("moe.y", nk, dim)
-  local yp = ffi.cast("float*", y._p.data)
+  local pos, tok, rw, y, yp = single_process_order(self, ws, selp, wtp, nk, E, K, dim)
   for h = 1, 2 do
     local hh = H[h]
     for r = 0, hh.rows - 1 do ffi.copy(yp + pos[hh.order[r]] * dim, hh.yb + r * dim, dim * 4) end
