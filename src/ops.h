@@ -33,6 +33,31 @@ int tide_op_matmul(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *a
 int tide_ref_matmul(tide_tensor_t *out, const tide_tensor_t *a, const tide_tensor_t *b, int32_t trans_b,
                     tide_err_t *err);
 
+/* Batched matmul over a leading group dimension (e.g. one product per head):
+ * out[g] (M, N) = a[g] (M, K) @ b[g]^T (b[g] (N, K)) when trans_b = 1, or
+ * a[g] @ b[g] (b[g] (K, N)) when trans_b = 0, for g in [0, G). All three are
+ * 3-D with G groups; any strides in the two outer dimensions (views into
+ * interleaved head layouts work), innermost contiguous. out: f32. Each group
+ * runs the matmul above, so every weight format it takes works here. */
+int tide_op_matmul_heads(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *a, const tide_tensor_t *b,
+                         int32_t trans_b, tide_err_t *err);
+int tide_ref_matmul_heads(tide_tensor_t *out, const tide_tensor_t *a, const tide_tensor_t *b, int32_t trans_b,
+                          tide_err_t *err);
+
+/* The routed experts of an MoE layer in one call. x (R, dim) holds the
+ * dispatched rows in expert order: expert e owns rows [offsets[e],
+ * offsets[e+1]) (offsets has n_expert + 1 entries, non-decreasing, ending at
+ * R). For each expert with rows: g = x_e @ gate_e^T, u = x_e @ up_e^T,
+ * g = silu(g) * u, y_e = g @ down_e^T. w holds 3 * n_expert weights, in the
+ * order gate_0, up_0, down_0, gate_1, ...: gate/up (I, dim), down (dim, I),
+ * any weight format matmul takes; an expert with no rows may have NULL
+ * weights. g, u: (R, I) f32 scratch; y: (R, dim) f32. All contiguous. */
+int tide_op_moe_experts(tide_pool_t *pool, tide_tensor_t *y, const tide_tensor_t *x, tide_tensor_t *g,
+                        tide_tensor_t *u, const int32_t *offsets, int32_t n_expert, const tide_tensor_t *const *w,
+                        tide_err_t *err);
+int tide_ref_moe_experts(tide_tensor_t *y, const tide_tensor_t *x, tide_tensor_t *g, tide_tensor_t *u,
+                         const int32_t *offsets, int32_t n_expert, const tide_tensor_t *const *w, tide_err_t *err);
+
 /* ---- element-wise ------------------------------------------------------- */
 
 /* out = a + b, out = a * b. b has a's shape, or (a's last dim) and broadcasts

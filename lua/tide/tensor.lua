@@ -586,6 +586,16 @@ function op.matmul(out, a, b, trans_b)
   ck(C.tide_op_matmul(default_pool(), out._p, a._p, b._p, trans_b == false and 0 or 1, err))
   return out
 end
+-- One product per group (head): out (G, M, N), a (G, M, K), b (G, N, K) (or (G, K, N) with trans_b false).
+function op.matmul_heads(out, a, b, trans_b)
+  ck(C.tide_op_matmul_heads(default_pool(), out._p, a._p, b._p, trans_b == false and 0 or 1, err))
+  return out
+end
+-- The routed experts of an MoE layer: rows of expert e are [offsets[e], offsets[e+1]); w: 3 weights per expert.
+function op.moe_experts(y, x, g, u, offsets, n_expert, w)
+  ck(C.tide_op_moe_experts(default_pool(), y._p, x._p, g._p, u._p, offsets, n_expert, w, err))
+  return y
+end
 function op.add(out, a, b) ck(C.tide_op_add(default_pool(), out._p, a._p, b._p, err)) return out end
 function op.mul(out, a, b) ck(C.tide_op_mul(default_pool(), out._p, a._p, b._p, err)) return out end
 function op.scale(out, a, s) ck(C.tide_op_scale(default_pool(), out._p, a._p, s, err)) return out end

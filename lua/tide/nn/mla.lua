@@ -19,13 +19,10 @@ MLA.__index = MLA
 function MLA.new(w, cfg)
   local self = setmetatable({
     n_head = cfg.n_head, kvl = cfg.kv_lora_rank, dn = cfg.qk_nope, dr = cfg.qk_rope, dv = cfg.v_head_dim,
-    rope = cfg.rope, scale = cfg.scale, mode = cfg.mode or "naive", keys = {},
+    rope = cfg.rope, scale = cfg.scale, mode = cfg.mode or "naive",
     kv_a = Linear.new(w.kv_a), kv_norm = RMSNorm.new(w.kv_a_norm, cfg.eps),
     kv_b = Linear.new(w.kv_b), o = Linear.new(w.o),
   }, MLA)
-  for h = 1, cfg.n_head do -- workspace keys of the per-head views
-    self.keys[h] = { qn = "mla.qn" .. h, qa = "mla.qa" .. h, ol = "mla.ol" .. h, at = "mla.at" .. h }
-  end
   if w.q_a then
     self.q_a = Linear.new(w.q_a)
     self.q_a_norm = RMSNorm.new(w.q_a_norm, cfg.eps)
@@ -40,20 +37,18 @@ function MLA:kv_layout()
   return { n_kv_head = 1, k_dim = self.kvl + self.dr, v_dim = 0, v_from_k = self.kvl }
 end
 
--- Per-head slices of kv_b_proj for the absorbed mode: W_uk[h] (dn, kvl) and
--- W_uv[h] (dv, kvl). Views of the stored weight; a weight with block scales
--- (FP8) is dequantized to f32 once, since a 64-row slice does not line up
--- with its 128x128 scale blocks.
+-- Per-head slices of kv_b_proj for the absorbed mode, as 3-D views of the
+-- stored weight: W_uk (H, dn, kvl) and W_uv (H, dv, kvl). A weight with
+-- block scales (FP8) is dequantized to f32 once, since a 64-row slice does
+-- not line up with its 128x128 scale blocks.
 function MLA:absorb_weights()
   if self.wuk then return end
   local w = self.kv_b.weight
   if w:cdata().scale ~= nil then w = w:copy("f32") end
-  self.wuk, self.wuv = {}, {}
   local per = self.dn + self.dv
-  for h = 1, self.n_head do
-    self.wuk[h] = w:narrow(1, (h - 1) * per + 1, self.dn)
-    self.wuv[h] = w:narrow(1, (h - 1) * per + self.dn + 1, self.dv)
-  end
+  local w3 = w:reshape({ self.n_head, per, self.kvl })
+  self.wuk = w3:narrow(2, 1, self.dn)
+  self.wuv = w3:narrow(2, self.dn + 1, self.dv)
 end
 
 -- Views of the latent cache of a layer: the whole row, its [start, start+len) columns,
@@ -116,33 +111,18 @@ function MLA:attend_absorbed(ctx, cv, q, q_pe, n)
   local H, dn, dr, dv, kvl = self.n_head, self.dn, self.dr, self.dv, self.kvl
   local dq, D = dn + dr, kvl + dr
   self:absorb_weights()
+  -- fold W_uk into the queries, one product per head in one call:
+  -- qa[:, h, :kvl] = q_nope[:, h] @ W_uk[h]
   local qa = ws:get("mla.qabs", n, H, D)
-  local tmp = ws:get("mla.qh", n, kvl)
-  for h = 1, H do
-    local kk = self.keys[h]
-    local qn = ws:view(kk.qn, q, (h - 1) * dq, n, dn, nil, nil, H * dq, 1)
-    if n == 1 then -- one row: the head's slice is contiguous, write it in place
-      T.op.matmul(ws:view(kk.qa, qa, (h - 1) * D, 1, kvl), qn, self.wuk[h], false)
-    else
-      T.op.matmul(tmp, qn, self.wuk[h], false)
-      T.op.convert(ws:view(kk.qa, qa, (h - 1) * D, n, kvl, nil, nil, H * D, 1), tmp)
-    end
-  end
+  T.op.matmul_heads(ws:view("mla.qah", qa, 0, H, n, kvl, nil, D, H * D, 1),
+    ws:view("mla.qnh", q, 0, H, n, dn, nil, dq, H * dq, 1), self.wuk, false)
   T.op.convert(ws:view("mla.qape", qa, kvl, n, H, dr, nil, H * D, D, 1), q_pe)
   local o = ws:get("mla.olat", n, H, kvl)
   T.op.attention(o, qa, cv.full, cv.v, ctx.batch, self.scale)
+  -- and W_uv into the outputs: attn[:, h] = o[:, h] @ W_uv[h]^T
   local attn = ws:get("mla.attn", n, H * dv)
-  local vh = ws:get("mla.vh", n, dv)
-  for h = 1, H do
-    local kk = self.keys[h]
-    local oh = ws:view(kk.ol, o, (h - 1) * kvl, n, kvl, nil, nil, H * kvl, 1)
-    if n == 1 then
-      T.op.matmul(ws:view(kk.at, attn, (h - 1) * dv, 1, dv), oh, self.wuv[h])
-    else
-      T.op.matmul(vh, oh, self.wuv[h])
-      T.op.convert(ws:view(kk.at, attn, (h - 1) * dv, n, dv, nil, nil, H * dv, 1), vh)
-    end
-  end
+  T.op.matmul_heads(ws:view("mla.ath", attn, 0, H, n, dv, nil, dv, H * dv, 1),
+    ws:view("mla.olh", o, 0, H, n, kvl, nil, kvl, H * kvl, 1), self.wuv)
   return attn
 end
 
@@ -215,11 +195,11 @@ function MLA:cost(rec, name, b, mode)
   rec:elt(name .. ".rope", n * (H + 1) * dr, 6)
   local row = kvl + dr
   if mode == "absorb" then
-    local per_head = n == 1 and 1 or 2 -- kernel calls per head (matmul, + a convert for n > 1)
-    rec:gemm(name .. ".absorb_uk", n * H, kvl, dn, self.kv_b, H * dn * kvl).calls = H * per_head
+    -- one grouped call each for W_uk and W_uv (all heads)
+    rec:gemm(name .. ".absorb_uk", n * H, kvl, dn, self.kv_b, H * dn * kvl).calls = 1
     rec:attn(name .. ".core", { flops = 2 * n * b.ctx * H * (row + kvl), kv_read = b.seqs * b.kv * row,
       kv_write = n * row, act = n * H * (row + kvl), heads = H, qk_dim = row, v_dim = kvl, kv_row = row })
-    rec:gemm(name .. ".absorb_uv", n * H, dv, kvl, self.kv_b, H * dv * kvl).calls = H * per_head
+    rec:gemm(name .. ".absorb_uv", n * H, dv, kvl, self.kv_b, H * dv * kvl).calls = 1
   else
     local rows = b.seqs * b.kv -- every cached row is decompressed
     rec:gemm(name .. ".kv_b", rows, H * (dn + dv), kvl)

@@ -32,10 +32,6 @@ function MoE.new(w, cfg)
     local b = w.bias:tolist()
     for e = 1, E do self.bias[e - 1] = b[e] end
   end
-  self.keys = {} -- workspace keys of the per-expert row views
-  for e = 1, E do
-    self.keys[e] = { x = "moe.x" .. e, g = "moe.g" .. e, u = "moe.u" .. e, y = "moe.y" .. e }
-  end
   for e = 1, E do
     local x = w.experts[e]
     self.experts[e] = MLP.new(x.gate, x.up, x.down)
@@ -106,6 +102,29 @@ function MoE:route(scores, n, sel, wt)
   end
 end
 
+-- The experts' weights as the array the grouped op takes (gate, up, down
+-- per expert), rebuilt for any expert replaced since (tensor parallelism
+-- splits experts after load). The MLPs in self.experts keep the tensors alive.
+function MoE:expert_weights()
+  local E = self.n_expert
+  local wp, src = self.wp, self.wp_src
+  if not wp then
+    wp = ffi.new("const tide_tensor_t *[?]", 3 * E)
+    src = {}
+    self.wp, self.wp_src = wp, src
+  end
+  local ex = self.experts
+  for e = 1, E do
+    local m = ex[e]
+    if src[e] ~= m then
+      src[e] = m
+      local b = 3 * (e - 1)
+      wp[b], wp[b + 1], wp[b + 2] = m.gate.weight._p, m.up.weight._p, m.down.weight._p
+    end
+  end
+  return wp
+end
+
 -- x (n, dim) -> (n, dim) in workspace slot key.
 function MoE:forward(ctx, x, key)
   local ws, n = ctx.ws, tonumber(x._p.shape[0])
@@ -140,20 +159,13 @@ function MoE:forward(ctx, x, key)
   end
   local xg = ws:get("moe.xg", nk, dim)
   T.op.get_rows(xg, x, tok)
-  -- experts: one GEMM per projection over each expert's rows
+  -- experts: one GEMM per projection over each expert's rows, all experts in one call
   local g = ws:get("moe.g", nk, I)
   local u = ws:get("moe.u", nk, I)
   local y = ws:get("moe.y", nk, dim)
   local loads = self.loads
-  for e = 0, E - 1 do
-    local r0, m = cnt[e], cnt[e + 1] - cnt[e]
-    if m > 0 then
-      loads[e] = loads[e] + m
-      local k = self.keys[e + 1]
-      self.experts[e + 1]:forward_into(ws:view(k.y, y, r0 * dim, m, dim), ws:view(k.x, xg, r0 * dim, m, dim),
-        ws:view(k.g, g, r0 * I, m, I), ws:view(k.u, u, r0 * I, m, I))
-    end
-  end
+  for e = 0, E - 1 do loads[e] = loads[e] + (cnt[e + 1] - cnt[e]) end
+  T.op.moe_experts(y, xg, g, u, cnt, E, self:expert_weights())
   -- combine (+ shared experts)
   local out
   if self.shared then
