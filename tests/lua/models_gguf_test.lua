@@ -47,6 +47,46 @@ function T.dsv3_f16_with_mtp()
 end
 function T.dsv3_fp8_to_f32() round_trip("dsv3-tiny-fp8", "f32") end
 
+-- Absorbed MLA keeps W_uk transposed ((H, kvl, dn)) so both per-head
+-- products read (N, K) weight rows: from a block-quantized kv_b it is the
+-- exact dequantized weight; from bf16 the absorbed and naive modes agree.
+function T.absorbed_weights_from_gguf()
+  local Q = require "tide.quant.quantize"
+  local function logits(path, mla, ids)
+    return assert(tide.load(path, { mla = mla })):forward(ids):tolist()
+  end
+  local fx = assert(tide.load_safetensors("tests/fixtures/dsv3-tiny.safetensors"))
+  local ids = ints(fx["p1.ids"])
+  local q4 = tmp() .. "/dsv3-q4_0.gguf"
+  assert(Q.run({ model = "models/dsv3-tiny", scheme = "q4_0", out = q4 }))
+  local m = assert(tide.load(q4, { mla = "absorb" }))
+  local attn = m.arch.layers[2].attn
+  attn:absorb_weights()
+  H.eq(attn.kv_b.weight:dtype(), "q4_0", "kv_b stays q4_0")
+  local wk = attn.wuk:tolist()                  -- (H, kvl, dn), flat
+  local w = attn.kv_b.weight:copy("f32"):tolist() -- (H * (dn + dv), kvl), flat
+  local Hh, dn, dv, kvl = attn.n_head, attn.dn, attn.dv, attn.kvl
+  local worst = 0
+  for h = 0, Hh - 1 do
+    for k = 0, kvl - 1 do
+      for j = 0, dn - 1 do
+        local a = wk[(h * kvl + k) * dn + j + 1]
+        local b = w[(h * (dn + dv) + j) * kvl + k + 1]
+        worst = math.max(worst, math.abs(a - b))
+      end
+    end
+  end
+  H.eq(worst, 0, "W_uk^T is the dequantized weight")
+  os.remove(q4)
+  local bf = tmp() .. "/dsv3-bf16.gguf"
+  assert(Q.run({ model = "models/dsv3-tiny", scheme = "bf16", out = bf }))
+  local a, b = logits(bf, "absorb", ids), logits(bf, "naive", ids)
+  local d = 0
+  for i = 1, #a do d = math.max(d, math.abs(a[i] - b[i])) end
+  H.truthy(d <= 1e-3, "bf16 absorbed vs naive logits differ by " .. d)
+  os.remove(bf)
+end
+
 function T.bad_gguf_is_refused()
   local path = tmp() .. "/bad.gguf"
   local f = io.open(path, "wb")

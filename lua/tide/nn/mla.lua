@@ -37,18 +37,23 @@ function MLA:kv_layout()
   return { n_kv_head = 1, k_dim = self.kvl + self.dr, v_dim = 0, v_from_k = self.kvl }
 end
 
--- Per-head slices of kv_b_proj for the absorbed mode, as 3-D views of the
--- stored weight: W_uk (H, dn, kvl) and W_uv (H, dv, kvl). A weight with
--- block scales (FP8) is dequantized to f32 once, since a 64-row slice does
--- not line up with its 128x128 scale blocks.
+-- Per-head parts of kv_b_proj for the absorbed mode: W_uv (H, dv, kvl), a
+-- view of the stored weight, and W_uk transposed, (H, kvl, dn), so both
+-- products take the weight as (N, K) rows, the layout every weight format's
+-- fast matmul reads. The transposed W_uk is a copy, in f32 when the weight
+-- is block-quantized or carries block scales (FP8: a 64-row slice does not
+-- line up with its 128x128 scale blocks), else in the weight's own dtype;
+-- it costs H * dn * kvl elements per layer.
 function MLA:absorb_weights()
   if self.wuk then return end
   local w = self.kv_b.weight
+  local block = T.elem_bytes[w:cdata().dtype] == nil
   if w:cdata().scale ~= nil then w = w:copy("f32") end
   local per = self.dn + self.dv
   local w3 = w:reshape({ self.n_head, per, self.kvl })
-  self.wuk = w3:narrow(2, 1, self.dn)
   self.wuv = w3:narrow(2, self.dn + 1, self.dv)
+  local uk = (block and w:copy("f32") or w):reshape({ self.n_head, per, self.kvl }):narrow(2, 1, self.dn)
+  self.wuk = uk:transpose(2, 3):copy()
 end
 
 -- Views of the latent cache of a layer: the whole row, its [start, start+len) columns,
@@ -112,10 +117,10 @@ function MLA:attend_absorbed(ctx, cv, q, q_pe, n)
   local dq, D = dn + dr, kvl + dr
   self:absorb_weights()
   -- fold W_uk into the queries, one product per head in one call:
-  -- qa[:, h, :kvl] = q_nope[:, h] @ W_uk[h]
+  -- qa[:, h, :kvl] = q_nope[:, h] @ W_uk[h] (W_uk stored transposed)
   local qa = ws:get("mla.qabs", n, H, D)
   T.op.matmul_heads(ws:view("mla.qah", qa, 0, H, n, kvl, nil, D, H * D, 1),
-    ws:view("mla.qnh", q, 0, H, n, dn, nil, dq, H * dq, 1), self.wuk, false)
+    ws:view("mla.qnh", q, 0, H, n, dn, nil, dq, H * dq, 1), self.wuk)
   T.op.convert(ws:view("mla.qape", qa, kvl, n, H, dr, nil, H * D, D, 1), q_pe)
   local o = ws:get("mla.olat", n, H, kvl)
   T.op.attention(o, qa, cv.full, cv.v, ctx.batch, self.scale)
