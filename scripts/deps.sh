@@ -5,7 +5,7 @@
 set -eu
 pkgs="build-essential pkg-config luajit libluajit-5.1-dev lua-lpeg lua-cjson libopenblas-dev libuv1-dev
 libcmocka-dev libzstd-dev libopenmpi-dev openmpi-bin libjansson-dev libedit-dev libutf8proc-dev
-unicode-data libhttp-parser-dev tmux curl ${*:-}"
+unicode-data libhttp-parser-dev tmux curl chromium ${*:-}"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

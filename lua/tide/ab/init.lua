@@ -50,7 +50,17 @@ function M.trial(o)
   local reqs = W.requests(w, arms[1].model)
   reqs.closed = w.arrival.closed
   local repeats, warmup = o.repeats or 5, o.warmup or 1
-  for _ = 1, warmup do for _, arm in ipairs(arms) do R.run(arm, reqs) end end
+  local function run(arm)
+    local x = R.run(arm, reqs)
+    if x.error then return nil, "arm " .. tostring(arm.name) .. ": " .. x.error end
+    return x
+  end
+  for _ = 1, warmup do
+    for _, arm in ipairs(arms) do
+      local ok, e = run(arm)
+      if not ok then return nil, e end
+    end
+  end
   local runs = {}
   for i = 1, #arms do runs[i] = {} end
   for k = 1, repeats do
@@ -58,7 +68,9 @@ function M.trial(o)
     local n = #arms
     for j = 1, n do
       local i = (k % 2 == 1) and j or (n - j + 1)
-      runs[i][k] = R.run(arms[i], reqs)
+      local x, e = run(arms[i])
+      if not x then return nil, e end
+      runs[i][k] = x
     end
   end
   local res = { workload = w, repeats = repeats, warmup = warmup, arms = {}, verdicts = {}, sweep = o.sweep }
@@ -66,7 +78,19 @@ function M.trial(o)
     local per = {}
     for _, m in ipairs(R.METRICS) do per[m.key] = {} end
     local all_ttft, all_itl, peak, peak_proc = {}, {}, 0, 0
+    local comm_bytes, loads, slots = {}, nil, nil
+    local function add_rows(acc, rows)
+      acc = acc or {}
+      for li, row in ipairs(rows) do
+        acc[li] = acc[li] or {}
+        for e, v in pairs(row) do acc[li][e] = (acc[li][e] or 0) + v end
+      end
+      return acc
+    end
     for k, run in ipairs(runs[i]) do
+      comm_bytes[k] = run.comm_bytes
+      if run.expert_loads then loads = add_rows(loads, run.expert_loads) end
+      if run.slot_loads then slots = add_rows(slots, run.slot_loads) end
       local s = R.summarize(run)
       for _, m in ipairs(R.METRICS) do per[m.key][k] = s[m.key] end
       for _, v in ipairs(run.ttft) do all_ttft[#all_ttft + 1] = v end
@@ -80,7 +104,13 @@ function M.trial(o)
       label = arm.label, name = arm.name, recipe = arm.recipe.file or arm.name, per_repeat = per, median = med,
       ttft = all_ttft, itl = all_itl, peak_rss = peak > 0 and peak or nil, peak_rss_process = peak_proc,
       kv_bytes = runs[i][1] and runs[i][1].kv_bytes, kv_bytes_per_token = runs[i][1] and runs[i][1].kv_bytes_per_token,
-      errors = runs[i][1] and runs[i][1].errors or 0, weights_bytes = arm.recipe.weights_bytes,
+      errors = runs[i][1] and runs[i][1].errors or 0,
+      weights_bytes = arm.recipe.weights_bytes or R.weights_bytes(arm.recipe.model),
+      weights_quantized = arm.recipe.weights_bytes ~= nil,
+      comm_bytes = #comm_bytes > 0 and S.median(comm_bytes) or nil, comm = runs[i][1] and runs[i][1].comm,
+      ranks = arm.ranks or 1, parallel = arm.parallel or false, plan = arm.plan,
+      expert_loads = loads, slot_loads = slots,
+      out_tokens = runs[i][1] and runs[i][1].out_tokens,
     }
   end
   for i = 2, #arms do

@@ -22,6 +22,8 @@ function M.svg_plot(p)
   if xmin == math.huge then xmin, xmax, ymin, ymax = 0, 1, 0, 1 end
   if p.ymin then ymin = p.ymin end
   if p.xmin then xmin = p.xmin end
+  if p.xmax then xmax = math.max(xmax, p.xmax) end
+  if p.ymax then ymax = math.max(ymax, p.ymax) end
   if xmax <= xmin then xmax = xmin + 1 end
   if ymax <= ymin then ymax = ymin + 1 end
   local pw, ph = W - L - Rm, H - Tm - B
@@ -59,6 +61,82 @@ function M.svg_plot(p)
     o[#o + 1] = string.format('<rect x="%d" y="%d" width="12" height="12" fill="%s"/>', L + pw + 10, Tm + 18 * (i - 1), c)
     o[#o + 1] = string.format('<text x="%d" y="%d">%s</text>', L + pw + 26, Tm + 18 * (i - 1) + 11, esc(s.label))
   end
+  o[#o + 1] = "</svg>\n"
+  return table.concat(o, "\n")
+end
+
+-- A sequential colour for v in [0, 1] (white -> dark blue).
+local function ramp(v)
+  v = math.max(0, math.min(1, v))
+  local a, b = { 247, 251, 255 }, { 8, 48, 107 }
+  return string.format("#%02x%02x%02x", math.floor(a[1] + (b[1] - a[1]) * v + 0.5),
+    math.floor(a[2] + (b[2] - a[2]) * v + 0.5), math.floor(a[3] + (b[3] - a[3]) * v + 0.5))
+end
+M.ramp = ramp
+
+-- svg_heatmap{ title, note, panels = { {title, rows = {{v...}...}, row_labels, group = k} }, xlabel, ylabel,
+--   vmax } -> string. One panel per arm, stacked; every cell's value is shown by colour on one
+-- scale shared by all panels (0 .. vmax), with the legend at the right; `group` draws a
+-- separator every k columns (EP: the slots of one rank).
+function M.svg_heatmap(h)
+  local L, Rm, Tm, cell_h, gap = 70, 110, 44, 22, 46
+  local ncol = 1
+  for _, p in ipairs(h.panels) do for _, row in ipairs(p.rows) do ncol = math.max(ncol, #row) end end
+  local cell_w = math.max(12, math.min(36, math.floor(560 / ncol)))
+  local pw = cell_w * ncol
+  local W = L + pw + Rm
+  local vmax = h.vmax or 0
+  if not h.vmax then
+    for _, p in ipairs(h.panels) do for _, row in ipairs(p.rows) do for _, v in ipairs(row) do vmax = math.max(vmax, v) end end end
+  end
+  if vmax <= 0 then vmax = 1 end
+  local o, y = {}, Tm
+  local body = {}
+  for _, p in ipairs(h.panels) do
+    body[#body + 1] = string.format('<text x="%d" y="%d" font-weight="bold">%s</text>', L, y - 8, esc(p.title or ""))
+    for r, row in ipairs(p.rows) do
+      local cy = y + (r - 1) * cell_h
+      body[#body + 1] = string.format('<text x="%d" y="%d" text-anchor="end">%s</text>', L - 6, cy + cell_h / 2 + 4,
+        esc(p.row_labels and p.row_labels[r] or tostring(r)))
+      for c = 1, ncol do
+        local v = row[c]
+        if v then
+          body[#body + 1] = string.format('<rect x="%d" y="%d" width="%d" height="%d" fill="%s" stroke="#fff" stroke-width="0.5"><title>%s %d: %.3g</title></rect>',
+            L + (c - 1) * cell_w, cy, cell_w, cell_h, ramp(v / vmax), esc(p.row_labels and p.row_labels[r] or r), c - 1, v)
+        end
+      end
+    end
+    local nrow, pcol = #p.rows, 0
+    for _, row in ipairs(p.rows) do pcol = math.max(pcol, #row) end
+    if p.group and p.group > 0 then
+      for c = p.group, pcol - 1, p.group do
+        body[#body + 1] = string.format('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#d62728" stroke-width="2"/>',
+          L + c * cell_w, y - 2, L + c * cell_w, y + nrow * cell_h + 2)
+      end
+    end
+    for c = 0, ncol - 1, math.max(1, math.ceil(ncol / 16)) do
+      body[#body + 1] = string.format('<text x="%.1f" y="%d" text-anchor="middle" font-size="10">%d</text>',
+        L + (c + 0.5) * cell_w, y + nrow * cell_h + 12, c)
+    end
+    y = y + nrow * cell_h + gap
+  end
+  local lx, ly, lh = L + pw + 24, Tm, 120
+  local H = math.max(y + 10, ly + lh + 40)
+  o[#o + 1] = string.format('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">', W, H, W, H)
+  o[#o + 1] = string.format('<rect width="%d" height="%d" fill="white"/>', W, H)
+  o[#o + 1] = string.format('<text x="%d" y="18" font-size="15" font-weight="bold">%s</text>', L, esc(h.title or ""))
+  for _, b in ipairs(body) do o[#o + 1] = b end
+  o[#o + 1] = string.format('<text x="%d" y="%d" text-anchor="middle">%s</text>', L + pw / 2, H - 8, esc(h.xlabel or ""))
+  -- legend: the colour scale
+  for k = 0, 19 do
+    o[#o + 1] = string.format('<rect x="%d" y="%.1f" width="14" height="%.1f" fill="%s"/>', lx, ly + lh - (k + 1) * lh / 20,
+      lh / 20 + 0.5, ramp((k + 0.5) / 20))
+  end
+  o[#o + 1] = string.format('<rect x="%d" y="%d" width="14" height="%d" fill="none" stroke="#333"/>', lx, ly, lh)
+  o[#o + 1] = string.format('<text x="%d" y="%d" font-size="11">%.3g</text>', lx + 18, ly + 8, vmax)
+  o[#o + 1] = string.format('<text x="%d" y="%d" font-size="11">0</text>', lx + 18, ly + lh)
+  o[#o + 1] = string.format('<text x="%d" y="%d" font-size="11" text-anchor="middle" transform="rotate(90 %d %d)">%s</text>',
+    lx + 44, ly + lh / 2, lx + 44, ly + lh / 2, esc(h.legend or ""))
   o[#o + 1] = "</svg>\n"
   return table.concat(o, "\n")
 end
@@ -111,6 +189,7 @@ function M.markdown(res)
   row = { "KV bytes / token" }
   for _, a in ipairs(res.arms) do row[#row + 1] = tostring(a.kv_bytes_per_token or "-") end
   o[#o + 1] = "| " .. table.concat(row, " | ") .. " |"
+  for _, r in ipairs(M.comm_rows(res)) do o[#o + 1] = "| " .. table.concat(r, " | ") .. " |" end
   if res.arms[1].quality then
     for _, k in ipairs({ "ppl_ratio", "kld_mean", "kld_p99", "top1" }) do
       row = { "quality: " .. k }
@@ -138,9 +217,83 @@ function M.markdown(res)
     o[#o + 1] = ""
   end
   o[#o + 1] = "Differences are stated only when a permutation test over repeats gives p < 0.05 and the 95% CI (bootstrap and t, the wider) excludes zero.\n"
-  o[#o + 1] = "![TTFT](ttft.svg) ![ITL](itl.svg)"
-  if res.sweep then o[#o + 1] = "\n![throughput vs latency](sweep.svg)" end
+  if M.any(res, "parallel") then
+    o[#o + 1] = "A parallel arm runs on its ranks as threads of this process; each rank serves its own requests one after another (EP: request i on rank (i-1) mod N), timed from a barrier after a warm-up round. Bytes communicated are the payloads every rank handed to the communicator during the timed round, summed over ranks (median over repeats).\n"
+  end
+  local imgs = {}
+  for _, f in ipairs(M.images(res)) do imgs[#imgs + 1] = string.format("![%s](%s)", f.alt, f.file) end
+  o[#o + 1] = table.concat(imgs, " ")
   return table.concat(o, "\n") .. "\n"
+end
+
+function M.any(res, key)
+  for _, a in ipairs(res.arms) do if a[key] then return true end end
+  return false
+end
+
+local function has_quality(res)
+  for _, a in ipairs(res.arms) do if a.quality and a.quality.kld_mean then return true end end
+  return false
+end
+
+-- The pictures of a trial's folder, in report order.
+function M.images(res)
+  local t = { { file = "ttft.svg", alt = "TTFT" }, { file = "itl.svg", alt = "ITL" } }
+  if res.sweep then t[#t + 1] = { file = "sweep.svg", alt = "throughput vs latency" } end
+  if M.any(res, "expert_loads") then t[#t + 1] = { file = "expert_loads.svg", alt = "expert loads" } end
+  if M.any(res, "slot_loads") then t[#t + 1] = { file = "slot_loads.svg", alt = "EP slot loads" } end
+  if has_quality(res) then t[#t + 1] = { file = "quality.svg", alt = "quality vs size" } end
+  return t
+end
+
+-- The worst layer's max/mean rows per rank (slots grouped by rank: slot p on rank floor(p / per)).
+function M.imbalance(slot_loads, ranks)
+  local worst = 1
+  for _, row in ipairs(slot_loads) do
+    local per = math.floor(#row / ranks)
+    local tot, mx = 0, 0
+    for rk = 0, ranks - 1 do
+      local s = 0
+      for j = rk * per + 1, (rk + 1) * per do s = s + (row[j] or 0) end
+      tot, mx = tot + s, math.max(mx, s)
+    end
+    if tot > 0 then worst = math.max(worst, mx / (tot / ranks)) end
+  end
+  return worst
+end
+
+local function human(b)
+  if b >= 2 ^ 20 then return string.format("%.2f MiB", b / 2 ^ 20) end
+  if b >= 1024 then return string.format("%.1f KiB", b / 1024) end
+  return string.format("%d B", b)
+end
+
+-- Rows about ranks and bytes communicated (markdown and HTML tables).
+function M.comm_rows(res)
+  local rows = { { "ranks" }, { "bytes communicated / run (all ranks)" }, { "bytes by collective / run" },
+    { "bytes communicated / output token" } }
+  if M.any(res, "slot_loads") then
+    local r = { "EP rank load, max / mean (worst MoE layer)" }
+    for _, a in ipairs(res.arms) do r[#r + 1] = a.slot_loads and string.format("%.3f", M.imbalance(a.slot_loads, a.ranks)) or "-" end
+    rows[#rows + 1] = r
+  end
+  for _, a in ipairs(res.arms) do
+    local plan = a.parallel and (a.ranks .. " (" .. (a.plan or "parallel") .. ")") or "1 (in-process engine)"
+    rows[1][#rows[1] + 1] = plan
+    if not a.parallel then
+      rows[2][#rows[2] + 1], rows[3][#rows[3] + 1], rows[4][#rows[4] + 1] = "0 (one process)", "n/a", "0"
+    else
+      rows[2][#rows[2] + 1] = a.comm_bytes and human(a.comm_bytes) or "-"
+      local parts, names = {}, {}
+      for op, b in pairs(a.comm or {}) do if b > 0 then names[#names + 1] = op end end
+      table.sort(names)
+      for _, op in ipairs(names) do parts[#parts + 1] = op .. " " .. human(a.comm[op]) end
+      rows[3][#rows[3] + 1] = #parts > 0 and table.concat(parts, ", ") or "-"
+      rows[4][#rows[4] + 1] = (a.comm_bytes and a.out_tokens and a.out_tokens > 0)
+        and string.format("%.0f B", a.comm_bytes / a.out_tokens) or "-"
+    end
+  end
+  return rows
 end
 
 local function writefile(path, s)
@@ -157,7 +310,8 @@ function M.json(res)
   for k, v in pairs(res.workload) do if type(v) ~= "function" then o.workload[k] = v end end
   for i, a in ipairs(res.arms) do
     o.arms[i] = { label = a.label, name = a.name, recipe = a.recipe, median = a.median, per_repeat = a.per_repeat,
-      peak_rss = a.peak_rss, kv_bytes = a.kv_bytes, weights_bytes = a.weights_bytes, kv_bytes_per_token = a.kv_bytes_per_token, quality = a.quality }
+      peak_rss = a.peak_rss, kv_bytes = a.kv_bytes, weights_bytes = a.weights_bytes, kv_bytes_per_token = a.kv_bytes_per_token, quality = a.quality,
+      ranks = a.ranks, comm_bytes = a.comm_bytes, comm_bytes_by_op = a.comm, expert_loads = a.expert_loads, slot_loads = a.slot_loads }
   end
   for i = 2, #res.arms do
     local c = { arm = res.arms[i].label, vs = res.arms[1].label, metrics = {} }
@@ -194,7 +348,149 @@ function M.write(dir, res)
       xlabel = "output tokens/s (median)", ylabel = "latency (ms, median over repeats)", series = { itl, ttft }, ymin = 0 })
     if not ok then return nil, "report: " .. tostring(e) end
   end
+  for name, svg in pairs(M.extra_svgs(res)) do
+    ok, e = writefile(dir .. "/" .. name, svg)
+    if not ok then return nil, "report: " .. tostring(e) end
+  end
+  ok, e = writefile(dir .. "/report.html", M.html(res, dir))
+  if not ok then return nil, "report: " .. tostring(e) end
   return true
+end
+
+-- Loads relative to the layer's mean (1 = an even share), per row.
+local function relative(rows)
+  local out = {}
+  for li, row in ipairs(rows) do
+    local sum, n = 0, 0
+    for _, v in ipairs(row) do sum, n = sum + v, n + 1 end
+    local mean = n > 0 and sum / n or 0
+    local r = {}
+    for e, v in ipairs(row) do r[e] = mean > 0 and v / mean or 0 end
+    out[li] = r
+  end
+  return out
+end
+
+-- The expert-load heatmaps and the quality-vs-size scatter (name -> SVG).
+function M.extra_svgs(res)
+  local out = {}
+  local panels, spanels = {}, {}
+  for _, a in ipairs(res.arms) do
+    local name = a.label .. ": " .. tostring(a.name):sub(1, 40)
+    if a.expert_loads then
+      local labels = {}
+      for li = 1, #a.expert_loads do labels[li] = "MoE " .. li end
+      panels[#panels + 1] = { title = name, rows = relative(a.expert_loads), row_labels = labels }
+    end
+    if a.slot_loads then
+      local labels, per = {}, math.floor(#a.slot_loads[1] / math.max(a.ranks or 1, 1))
+      for li = 1, #a.slot_loads do labels[li] = "MoE " .. li end
+      spanels[#spanels + 1] = { title = name .. " (" .. (a.ranks or 1) .. " ranks, " .. per .. " slots each)",
+        rows = relative(a.slot_loads), row_labels = labels, group = per }
+    end
+  end
+  if #panels > 0 then
+    out["expert_loads.svg"] = M.svg_heatmap{ title = "Routed tokens per expert (load / layer mean, all repeats)",
+      panels = panels, xlabel = "routed expert", legend = "load / mean load" }
+  end
+  if #spanels > 0 then
+    out["slot_loads.svg"] = M.svg_heatmap{ title = "EP: rows served per physical slot (load / layer mean)",
+      panels = spanels, xlabel = "physical expert slot (red lines: rank boundaries)", legend = "load / mean load" }
+  end
+  if has_quality(res) then
+    local series = {}
+    for _, a in ipairs(res.arms) do
+      local q = a.quality or {}
+      if q.kld_mean and a.weights_bytes then
+        series[#series + 1] = { label = a.label .. ": " .. tostring(a.name):sub(1, 18), line = false, marks = true,
+          points = { { a.weights_bytes / 2 ^ 20, q.kld_mean,
+            label = string.format("%s ppl x%.4f, top-1 %.3f", a.label, q.ppl_ratio or 0, q.top1 or 0) } } }
+      end
+    end
+    local xm, ym = 0, 0
+    for _, sr in ipairs(series) do xm, ym = math.max(xm, sr.points[1][1]), math.max(ym, sr.points[1][2]) end
+    out["quality.svg"] = M.svg_plot{ title = "quality vs size (against the base model)", xlabel = "weights (MiB, file)",
+      ylabel = "mean KL divergence (nats/token)", series = series, ymin = 0, xmin = 0, xmax = xm * 1.25, ymax = ym * 1.25 }
+  end
+  return out
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- report.html: the report's tables and verdicts with the pictures inline
+-- (opens from the folder in any browser; the screenshot test renders it).
+function M.html(res, dir)
+  local o = {}
+  local function cell(tag, v) return "<" .. tag .. ">" .. esc(v) .. "</" .. tag .. ">" end
+  o[#o + 1] = '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Trial report</title><style>'
+  o[#o + 1] = 'body{font-family:sans-serif;margin:24px;color:#222;background:#fff}table{border-collapse:collapse;margin:8px 0 16px}'
+  o[#o + 1] = 'td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eef}td:first-child,th:first-child{text-align:left}'
+  o[#o + 1] = '.v{font-weight:bold}.fig{display:inline-block;margin:6px;vertical-align:top}</style></head><body>'
+  local w = res.workload
+  o[#o + 1] = "<h1>Trial report</h1>"
+  o[#o + 1] = "<p>" .. esc(string.format("Workload %s: %d requests, %s, %d repeats per arm (interleaved, after %d warm-up run(s)).",
+    w.name, w.requests, w.arrival.closed and ("closed loop at concurrency " .. w.arrival.closed) or
+    string.format("Poisson arrivals at %g req/s", w.arrival.rate), res.repeats, res.warmup)) .. "</p>"
+  o[#o + 1] = "<table><tr>" .. cell("th", "metric (median over repeats)")
+  for _, a in ipairs(res.arms) do o[#o + 1] = cell("th", a.label .. ": " .. tostring(a.name)) end
+  o[#o + 1] = "</tr>"
+  local function row(cells)
+    o[#o + 1] = "<tr>"
+    for _, c in ipairs(cells) do o[#o + 1] = cell("td", c) end
+    o[#o + 1] = "</tr>"
+  end
+  for _, m in ipairs(R.METRICS) do
+    local r = { m.label }
+    for _, a in ipairs(res.arms) do r[#r + 1] = fmt(a.median[m.key], m.ms) end
+    row(r)
+  end
+  local r = { "peak RSS (process)" }
+  for _, a in ipairs(res.arms) do r[#r + 1] = mib(a.peak_rss) end
+  row(r)
+  r = { "weights (file)" }
+  for _, a in ipairs(res.arms) do r[#r + 1] = mib(a.weights_bytes) end
+  row(r)
+  r = { "KV cache bytes" }
+  for _, a in ipairs(res.arms) do r[#r + 1] = mib(a.kv_bytes) end
+  row(r)
+  for _, cr in ipairs(M.comm_rows(res)) do row(cr) end
+  if res.arms[1].quality then
+    for _, k in ipairs({ "ppl_ratio", "kld_mean", "kld_p99", "top1" }) do
+      r = { "quality: " .. k }
+      for _, a in ipairs(res.arms) do
+        local q = a.quality or {}
+        r[#r + 1] = q[k] and string.format("%.4f", q[k]) or "-"
+      end
+      row(r)
+    end
+  end
+  o[#o + 1] = "</table>"
+  for i = 2, #res.arms do
+    local v = res.verdicts[i]
+    o[#o + 1] = "<h2>" .. esc(res.arms[i].label .. " vs " .. res.arms[1].label) .. "</h2>"
+    o[#o + 1] = '<p class="v">' .. esc("Throughput (output tok/s): " .. (v.headline.verdict:gsub("^B ", res.arms[i].label .. " "))) .. "</p>"
+    o[#o + 1] = "<table><tr>" .. cell("th", "metric") .. cell("th", res.arms[i].label .. " vs " .. res.arms[1].label) ..
+      cell("th", "p") .. cell("th", "verdict") .. "</tr>"
+    for _, m in ipairs(R.METRICS) do
+      local c = v[m.key]
+      row({ m.label, c.rel and string.format("%+.1f%% [%+.1f%%, %+.1f%%]", c.rel * 100, c.lo * 100, c.hi * 100) or "-",
+        c.p and string.format("%.3f", c.p) or "-", c.verdict })
+    end
+    o[#o + 1] = "</table>"
+  end
+  o[#o + 1] = "<p>Differences are stated only when a permutation test over repeats gives p &lt; 0.05 and the 95% CI (bootstrap and t, the wider) excludes zero.</p>"
+  for _, f in ipairs(M.images(res)) do
+    local svg = dir and read(dir .. "/" .. f.file)
+    o[#o + 1] = '<div class="fig">' .. (svg or string.format('<img src="%s" alt="%s">', f.file, esc(f.alt))) .. "</div>"
+  end
+  o[#o + 1] = "</body></html>"
+  return table.concat(o, "\n") .. "\n"
 end
 
 -- the one-screen summary for the terminal

@@ -11,6 +11,8 @@
 -- for imatrix/AWQ) quantizes the checkpoint into a temporary GGUF first.
 -- extra_work = f plants a real slowdown for testing the trial machinery:
 -- after every engine step, matmuls run for f times that step's wall time.
+-- A recipe with parallel = { ranks = N, ep = N | tp = N, ... } runs on N
+-- rank threads instead (tide.ab.parallel).
 local ffi = require "ffi"
 local T = require "tide.tensor"
 local S = require "tide.ab.stats"
@@ -66,12 +68,41 @@ function M.reset_peak()
   return ok and true or false
 end
 
+-- Bytes of a model's weight files: the file itself, or a folder's
+-- *.safetensors / *.gguf files (nil when none can be read).
+function M.weights_bytes(path)
+  local function size(f)
+    local h = io.open(f, "rb")
+    if not h then return nil end
+    local n = h:seek("end")
+    h:close()
+    return n
+  end
+  if path:match("%.gguf$") or path:match("%.safetensors$") then return size(path) end
+  local p = io.popen("ls '" .. path:gsub("'", "") .. "' 2>/dev/null")
+  if not p then return nil end
+  local total
+  for name in p:lines() do
+    if name:match("%.safetensors$") or name:match("%.gguf$") then
+      local n = size(path .. "/" .. name)
+      if n then total = (total or 0) + n end
+    end
+  end
+  p:close()
+  return total
+end
+
 -- open(recipe) -> arm { recipe, model, engine } or nil, err
 function M.open(recipe)
   local tide = require "tide"
   local r, e = M.load_recipe(recipe)
   if not r then return nil, e end
   if type(r.model) ~= "string" then return nil, "arm " .. tostring(r.name) .. ": model must be a path" end
+  local par = require "tide.ab.parallel"
+  if par.is_parallel(r) then
+    if r.quant then return nil, "arm " .. tostring(r.name) .. ": quant with a parallel plan is not supported yet" end
+    return par.open(r)
+  end
   local path = r.model
   if r.quant then
     -- quantize the checkpoint with the scheme into a temporary GGUF (tide quantize's code)
@@ -102,7 +133,10 @@ end
 -- run(arm, reqs) -> result: per-request ttft (s), itl (s, all gaps), and
 -- totals: wall_s, requests, out_tokens, req_s, tok_s, peak_rss, kv_bytes.
 function M.run(arm, reqs)
+  if arm.parallel then return require("tide.ab.parallel").run(arm, reqs) end
   local r, eng = arm.recipe, arm.engine
+  local moe = require("tide.parallel.ep").moe_layers(arm.model)
+  for _, l in ipairs(moe) do l.moe:expert_loads(true) end
   if r.threads then T.set_threads(r.threads) end
   local ws
   if (r.extra_work or 0) > 0 then
@@ -147,6 +181,8 @@ function M.run(arm, reqs)
     end
   end
   local wall = T.now() - t0
+  local loads = #moe > 0 and {} or nil
+  for li, l in ipairs(moe) do loads[li] = l.moe:expert_loads() end
   local ttft, itl, out_tokens = {}, {}, 0
   for i = 1, n do
     local rec = recs[i]
@@ -164,6 +200,8 @@ function M.run(arm, reqs)
     peak_rss = has_peak and M.proc_status("VmHWM") or nil, peak_rss_process = M.proc_status("VmHWM"),
     kv_bytes = arm.engine.kv:nbytes(),
     kv_bytes_per_token = arm.engine.kv:bytes_per_token(),
+    comm_bytes = 0, -- one process: nothing crosses a communicator
+    expert_loads = loads,
   }
 end
 

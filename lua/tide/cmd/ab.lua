@@ -9,12 +9,17 @@ usage: tide ab TRIAL.lua | A.lua B.lua [C.lua ...] [--workload W] [--repeats N] 
   (e.g. recipes/trials/experts-q4-vs-q8.lua); flags override its fields.
   Runs every arm (a recipe file returning {model=, mla=, threads=, kv=, engine=, ...}) on the
   same workload, interleaved A B A B ... after a warm-up, and reports per arm and relative to A:
-  req/s, output tok/s, TTFT and ITL p50/p90/p99, peak RSS, KV bytes, each difference with a
-  95% CI over repeats and a plain verdict ("B is 18.0% faster (95% CI ...)" / "no difference detected").
+  req/s, output tok/s, TTFT and ITL p50/p90/p99, peak RSS, KV bytes, bytes communicated, each
+  difference with a 95% CI over repeats and a plain verdict ("B is 18.0% faster (95% CI ...)" /
+  "no difference detected"). An arm with parallel = {ranks = N, ep = N, eplb = ...} (or tp = N)
+  runs on N rank threads: its all-to-all bytes and per-slot expert loads are reported
+  (e.g. recipes/trials/ep4-eplb-vs-none.lua).
 
   --workload W       a name under recipes/workloads/ or a .lua file (default tiny)
   --repeats N        measured runs per arm (default 10)
-  --out DIR          report folder: report.md, report.json, ttft.svg, itl.svg (default ab-out)
+  --out DIR          report folder (default ab-out): report.md, report.json, report.html, ttft.svg,
+                     itl.svg, and where they apply expert_loads.svg (MoE: tokens per expert and
+                     layer), slot_loads.svg (EP: rows per physical slot), quality.svg (quality vs size)
   --quality-base P   also compare each arm's model against base model P (ppl ratio, KL, top-1)
   --json             print report.json instead of the summary]==]
 
