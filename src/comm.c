@@ -27,6 +27,12 @@ int64_t tide_comm_now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+int64_t tide_comm_thread_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 int tide_comm_dtype_size(int32_t dtype) {
   switch (dtype) {
   case TIDE_DTYPE_F32: return 4;
@@ -113,6 +119,7 @@ static tide_comm_req_t *req_new(tide_comm_t *c, int32_t op, int64_t bytes, tide_
   r->op = op;
   r->bytes = bytes;
   r->t_post = tide_comm_now_ns();
+  r->t_post_cpu = tide_comm_thread_cpu_ns();
   return r;
 }
 
@@ -129,6 +136,7 @@ static void req_account(tide_comm_req_t *r) {
   s->bytes[r->op] += r->bytes;
   s->ns[r->op] += r->inside_ns;
   s->span_ns[r->op] += now - r->t_post;
+  s->cpu_ns[r->op] += r->inside_cpu_ns;
 }
 
 /* Post finished (rc from the backend): either complete it now (blocking) or
@@ -140,12 +148,14 @@ static int post_done(tide_comm_req_t *r, int rc, tide_comm_req_t **out, tide_err
   }
   if (out) {
     r->inside_ns += tide_comm_now_ns() - r->t_post;
+    r->inside_cpu_ns += tide_comm_thread_cpu_ns() - r->t_post_cpu;
     *out = r;
     return 0;
   }
   int32_t done = 0;
   rc = r->comm->vt->progress(r, 1, &done, err);
   r->inside_ns = tide_comm_now_ns() - r->t_post;
+  r->inside_cpu_ns = tide_comm_thread_cpu_ns() - r->t_post_cpu;
   if (rc == 0) req_account(r);
   req_free(r);
   return rc;
@@ -153,10 +163,11 @@ static int post_done(tide_comm_req_t *r, int rc, tide_comm_req_t **out, tide_err
 
 int tide_comm_wait(tide_comm_req_t *r, tide_err_t *err) {
   if (!r) return tide_err_set(err, TIDE_EINVAL, "comm wait: request is NULL");
-  int64_t t0 = tide_comm_now_ns();
+  int64_t t0 = tide_comm_now_ns(), c0 = tide_comm_thread_cpu_ns();
   int32_t done = 0;
   int rc = r->comm->vt->progress(r, 1, &done, err);
   r->inside_ns += tide_comm_now_ns() - t0;
+  r->inside_cpu_ns += tide_comm_thread_cpu_ns() - c0;
   if (rc == 0) req_account(r);
   req_free(r);
   return rc;
@@ -164,10 +175,11 @@ int tide_comm_wait(tide_comm_req_t *r, tide_err_t *err) {
 
 int tide_comm_test(tide_comm_req_t *r, int32_t *done, tide_err_t *err) {
   if (!r || !done) return tide_err_set(err, TIDE_EINVAL, "comm test: request or done is NULL");
-  int64_t t0 = tide_comm_now_ns();
+  int64_t t0 = tide_comm_now_ns(), c0 = tide_comm_thread_cpu_ns();
   *done = 0;
   int rc = r->comm->vt->progress(r, 0, done, err);
   r->inside_ns += tide_comm_now_ns() - t0;
+  r->inside_cpu_ns += tide_comm_thread_cpu_ns() - c0;
   if (rc != 0) {
     *done = 1;
     req_free(r);
@@ -343,11 +355,12 @@ int tide_comm_split(tide_comm_t *c, int32_t color, int32_t key, tide_comm_t **ou
   if (!out) return tide_err_set(err, TIDE_EINVAL, "comm split: out is NULL");
   *out = NULL;
   if (color < TIDE_COMM_UNDEFINED) return tide_err_set(err, TIDE_EINVAL, "comm split: negative color %d", color);
-  int64_t t0 = tide_comm_now_ns();
+  int64_t t0 = tide_comm_now_ns(), c0 = tide_comm_thread_cpu_ns();
   rc = c->vt->split(c, color, key, out, err);
   int64_t dt = tide_comm_now_ns() - t0;
   if (rc == 0) {
     c->stats.calls[TIDE_COMM_OP_SPLIT] += 1;
+    c->stats.cpu_ns[TIDE_COMM_OP_SPLIT] += tide_comm_thread_cpu_ns() - c0;
     c->stats.ns[TIDE_COMM_OP_SPLIT] += dt;
     c->stats.span_ns[TIDE_COMM_OP_SPLIT] += dt;
     if (*out) (*out)->timeout_ms = c->timeout_ms;
@@ -375,7 +388,8 @@ typedef struct lslot {
   struct lslot *next;
   int64_t seq;
   int32_t kind, nposted, ndone, nleft;
-  lpost_t *p; /* one per member */
+  int64_t t_all; /* ns when the last member posted (the emulated link starts then) */
+  lpost_t *p;    /* one per member */
 } lslot_t;
 
 typedef struct lmsg {
@@ -397,6 +411,7 @@ typedef struct lcomm {
   tide_comm_local_t *ctx;
   lgroup_t *g;
   int64_t seq; /* next collective's sequence number */
+  int64_t link_free; /* emulated link: ns when this rank's link is free again */
   int is_world;
   struct lcomm *prev, *next; /* ctx->splits */
 } lcomm_t;
@@ -407,6 +422,8 @@ struct tide_comm_local {
   pthread_cond_t cv;
   int aborted;
   char why[512];
+  int64_t link_latency_ns; /* emulated link (tide_comm_local_set_link); 0 and 0: none */
+  double link_bytes_per_ns;
   lcomm_t **world;
   lgroup_t *groups;
   lcomm_t *splits;
@@ -415,6 +432,7 @@ struct tide_comm_local {
 typedef struct lreq { /* backend part of a request */
   int64_t seq;
   int32_t kind, state; /* 0 posted, 1 data moved, 2 complete */
+  int64_t ready;       /* emulated link: ns when the data has arrived (0: not planned yet) */
   lslot_t *slot;       /* the collective's slot, until this rank leaves it */
   void *tmp;           /* allreduce: the sum until all have read */
   int32_t err_code;
@@ -467,6 +485,7 @@ static lslot_t *slot_get(lgroup_t *g, int64_t seq, int32_t kind) {
   s->seq = seq;
   s->kind = kind;
   s->nposted = s->ndone = s->nleft = 0;
+  s->t_all = 0;
   memset(s->p, 0, (size_t)g->size * sizeof(lpost_t));
   s->next = g->active;
   g->active = s;
@@ -584,6 +603,18 @@ void tide_comm_local_free(tide_comm_local_t *ctx) {
 
 int32_t tide_comm_local_size(const tide_comm_local_t *ctx) { return ctx ? ctx->n : 0; }
 
+int tide_comm_local_set_link(tide_comm_local_t *ctx, int64_t latency_ns, double bytes_per_ns, tide_err_t *err) {
+  if (!ctx) return tide_err_set(err, TIDE_EINVAL, "comm local link: context is NULL");
+  if (latency_ns < 0 || !(bytes_per_ns >= 0) || bytes_per_ns > 1e12)
+    return tide_err_set(err, TIDE_EINVAL, "comm local link: bad latency %lld ns or bandwidth %g bytes/ns",
+                        (long long)latency_ns, bytes_per_ns);
+  pthread_mutex_lock(&ctx->mu);
+  ctx->link_latency_ns = latency_ns;
+  ctx->link_bytes_per_ns = bytes_per_ns;
+  pthread_mutex_unlock(&ctx->mu);
+  return 0;
+}
+
 tide_comm_t *tide_comm_local_world(tide_comm_local_t *ctx, int32_t r) {
   if (!ctx || r < 0 || r >= ctx->n) return NULL;
   return &ctx->world[r]->base;
@@ -693,6 +724,7 @@ static int lpost(lcomm_t *c, tide_comm_req_t *r, int32_t kind, const lpost_t *mi
     s->p[c->base.rank].posted = 1;
     s->p[c->base.rank].newgroup = NULL;
     s->nposted++;
+    if (s->nposted == c->base.size) s->t_all = tide_comm_now_ns();
     q->slot = s;
     pthread_cond_broadcast(&ctx->cv);
   }
@@ -756,6 +788,25 @@ static void lmove(lcomm_t *c, lslot_t *s, lreq_t *q) {
   }
 }
 
+/* Bytes this rank receives from the others in collective s (the emulated
+ * link's payload; ctx->mu held, every member posted). */
+static int64_t lrecv_bytes(const lcomm_t *c, const lslot_t *s) {
+  int32_t me = c->base.rank, n = c->base.size;
+  const lpost_t *m = &s->p[me];
+  int64_t b = 0;
+  switch (s->kind) {
+  case TIDE_COMM_OP_ALLTOALLV:
+    for (int32_t i = 0; i < n; i++)
+      if (i != me && m->rc) b += m->rc[i];
+    break;
+  case TIDE_COMM_OP_ALLREDUCE: b = (int64_t)(n - 1) * m->count * tide_comm_dtype_size(m->dtype); break;
+  case TIDE_COMM_OP_ALLGATHER: b = (int64_t)(n - 1) * m->count; break;
+  case TIDE_COMM_OP_BCAST: b = me == m->root ? 0 : m->count; break;
+  default: break;
+  }
+  return b;
+}
+
 static int lprogress_coll(tide_comm_req_t *r, int wait, int32_t *done, tide_err_t *err) {
   lcomm_t *c = r->comm->impl;
   lreq_t *q = r->impl;
@@ -775,6 +826,27 @@ static int lprogress_coll(tide_comm_req_t *r, int wait, int32_t *done, tide_err_
       rc = lwait(c, deadline, what, s, err);
     }
     if (rc == 0 && ctx->aborted) rc = tide_err_set(err, TIDE_ESTATE, "comm aborted: %s", ctx->why);
+    if (rc == 0 && (ctx->link_latency_ns > 0 || ctx->link_bytes_per_ns > 0)) {
+      /* the emulated link: this rank's data arrives latency + bytes / bandwidth after the last
+       * post, or after the link finished the transfers before it (one link per rank, in the
+       * order this rank first finds its collectives posted) */
+      if (q->ready == 0) {
+        int64_t start = s->t_all + ctx->link_latency_ns;
+        if (start < c->link_free) start = c->link_free;
+        q->ready = start + (ctx->link_bytes_per_ns > 0 ? (int64_t)((double)lrecv_bytes(c, s) / ctx->link_bytes_per_ns) : 0);
+        c->link_free = q->ready;
+      }
+      int64_t ready = q->ready;
+      while (rc == 0 && tide_comm_now_ns() < ready) {
+        if (!wait) {
+          pthread_mutex_unlock(&ctx->mu);
+          return 0;
+        }
+        struct timespec ts = {(time_t)(ready / 1000000000LL), (long)(ready % 1000000000LL)};
+        pthread_cond_timedwait(&ctx->cv, &ctx->mu, &ts);
+        if (ctx->aborted) rc = tide_err_set(err, TIDE_ESTATE, "comm aborted: %s", ctx->why);
+      }
+    }
     if (rc) {
       pthread_mutex_unlock(&ctx->mu);
       return rc;

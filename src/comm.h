@@ -49,7 +49,10 @@
  * non-blocking ops: post + wait/test, the exposed time), `span_ns` the time
  * from post to completion; `bytes` is the payload this rank hands to the op
  * (allreduce: count*elsize; allgather: its block; alltoallv: the sum of its
- * send counts; bcast: nbytes at the root; send: nbytes; recv: nbytes). */
+ * send counts; bcast: nbytes at the root; send: nbytes; recv: nbytes);
+ * `cpu_ns` the calling thread's CPU time inside the calls, so ns - cpu_ns is
+ * time spent asleep waiting for peers (a blocking wait that polls shows up as
+ * cpu_ns close to ns: it competes for cores with computing ranks). */
 #ifndef TIDE_COMM_H
 #define TIDE_COMM_H
 
@@ -87,6 +90,9 @@ typedef struct tide_comm_stats {
   int64_t bytes[8];   /* payload bytes this rank handed to the op */
   int64_t ns[8];      /* time spent inside tide_comm calls (exposed time) */
   int64_t span_ns[8]; /* post to completion (equals ns for blocking calls) */
+  int64_t cpu_ns[8];  /* CPU time of the calling thread inside tide_comm calls: the part of
+                         ns spent copying, reducing or polling (ns - cpu_ns: asleep, waiting
+                         for peers) */
 } tide_comm_stats_t;
 
 /* ---- any backend ---------------------------------------------------------- */
@@ -146,6 +152,9 @@ int tide_comm_split(tide_comm_t *c, int32_t color, int32_t key, tide_comm_t **ou
 void tide_comm_free(tide_comm_t *c);
 
 void tide_comm_stats(const tide_comm_t *c, tide_comm_stats_t *out);
+/* CPU time of the calling thread in ns (CLOCK_THREAD_CPUTIME_ID): the clock
+ * of stats.cpu_ns, for callers that split their own time the same way. */
+int64_t tide_comm_thread_cpu_ns(void);
 void tide_comm_stats_reset(tide_comm_t *c);
 
 /* ---- local backend: ranks as threads ------------------------------------- */
@@ -156,6 +165,14 @@ void tide_comm_local_free(tide_comm_local_t *ctx);
 int32_t tide_comm_local_size(const tide_comm_local_t *ctx);
 /* Rank r's world communicator (owned by ctx), or NULL when r is out of range. */
 tide_comm_t *tide_comm_local_world(tide_comm_local_t *ctx, int32_t r);
+/* Emulate a network link for measurements (off by default): the data of a
+ * collective reaches each rank latency_ns + (bytes it receives from the
+ * others) / bytes_per_ns after the last rank posted (each rank's link carries
+ * one transfer at a time, so concurrent collectives queue); until then wait blocks
+ * (asleep, using no CPU) and test says "not done". Models a NIC or NVLink that
+ * moves data without the computing cores, which thread ranks sharing cores
+ * cannot show otherwise (bench/overlap.lua --link-gbps). 0, 0: off. */
+int tide_comm_local_set_link(tide_comm_local_t *ctx, int64_t latency_ns, double bytes_per_ns, tide_err_t *err);
 /* Abort every rank's pending and future calls with "rank R: why". */
 void tide_comm_local_abort(tide_comm_local_t *ctx, int32_t rank, const char *why);
 /* 1 when aborted; the first reason is copied into msg (msg may be NULL). */
@@ -232,8 +249,10 @@ struct tide_comm_req {
   tide_comm_t *comm;
   int32_t op;
   int64_t t_post;  /* ns, monotonic */
+  int64_t t_post_cpu; /* thread CPU ns at post */
   int64_t bytes;
   int64_t inside_ns; /* time spent inside tide_comm calls so far */
+  int64_t inside_cpu_ns; /* thread CPU time inside tide_comm calls so far */
   void *impl;      /* backend state */
 };
 

@@ -37,7 +37,6 @@ int tide_comm_mpi_abort(tide_comm_t *c, int32_t code) {
 #else
 
 #include <limits.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,6 +281,8 @@ static int m_progress(tide_comm_req_t *r, int wait, int32_t *done, tide_err_t *e
   int64_t deadline = (wait && base->timeout_ms > 0) ? tide_comm_now_ns() + base->timeout_ms * 1000000LL : 0;
   MPI_Status st;
   int flag = 0;
+  long nap = 20000;
+  int64_t t_start = tide_comm_now_ns();
   for (int64_t spins = 0;; spins++) {
     int mrc = MPI_Test(&q->req, &flag, &st);
     if (mrc != MPI_SUCCESS) {
@@ -298,10 +299,16 @@ static int m_progress(tide_comm_req_t *r, int wait, int32_t *done, tide_err_t *e
                           "comm mpi: rank %d: %s timed out after %lld ms (a peer rank died or is stuck)", base->rank,
                           tide_comm_op_name(q->kind), (long long)base->timeout_ms);
     }
-    /* spin briefly for latency, then yield the core (oversubscribed runs) */
-    if (spins < 200) continue;
-    if (spins < 2000) sched_yield();
-    else sleep_ns(50000);
+    /* Spin briefly for latency, then sleep with a growing pause (20 us,
+     * doubling to 200 us; to 2 ms once the wait passed 50 ms, as for a
+     * serving rank idle between requests): with more ranks than cores a
+     * waiting rank must leave the core to the ranks still computing
+     * (a sched_yield loop kept it runnable; bench/overlap.lua's a2a_cpu_s
+     * is the CPU time spent inside the waits). */
+    if (spins < 100) continue;
+    sleep_ns(nap);
+    long cap = tide_comm_now_ns() - t_start > 50000000 ? 2000000 : 200000;
+    nap = nap * 2 > cap ? cap : nap * 2;
   }
   if (!flag) return 0;
   q->done = 1;

@@ -91,6 +91,7 @@ static const tide_layout_entry_t layout[] = {
     FIELD(struct tide_comm_stats, bytes),
     FIELD(struct tide_comm_stats, ns),
     FIELD(struct tide_comm_stats, span_ns),
+    FIELD(struct tide_comm_stats, cpu_ns),
     {NULL, NULL, 0},
 };
 

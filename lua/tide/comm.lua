@@ -309,7 +309,9 @@ function Comm:split(color, key)
   return wrap(pp[0], true)
 end
 
--- { op_name = { calls =, bytes =, ns =, span_ns = } } for ops called at least once.
+-- { op_name = { calls =, bytes =, ns =, span_ns =, cpu_ns = } } for ops called at
+-- least once (cpu_ns: this thread's CPU time inside the calls; ns - cpu_ns
+-- was spent asleep waiting for peers).
 function Comm:stats()
   local s = ffi.new("tide_comm_stats_t")
   C.tide_comm_stats(self._p, s)
@@ -317,13 +319,16 @@ function Comm:stats()
   for i = 0, C.TIDE_COMM_OP_COUNT - 1 do
     if s.calls[i] > 0 then
       out[OP_NAMES[i]] = { calls = tonumber(s.calls[i]), bytes = tonumber(s.bytes[i]), ns = tonumber(s.ns[i]),
-                           span_ns = tonumber(s.span_ns[i]) }
+                           span_ns = tonumber(s.span_ns[i]), cpu_ns = tonumber(s.cpu_ns[i]) }
     end
   end
   return out
 end
 
 function Comm:stats_reset() C.tide_comm_stats_reset(self._p) return self end
+
+-- CPU seconds of the calling thread so far (the clock of stats().cpu_ns).
+function M.thread_cpu() return tonumber(C.tide_comm_thread_cpu_ns()) * 1e-9 end
 
 -- Free a split or MPI communicator now (safe twice; a local world comm is
 -- owned by its group).
@@ -424,13 +429,24 @@ end
 
 -- Run fn(comm, arg) on n threads (the local backend). Returns an array of
 -- what each rank returned (as strings; nil entries for none), or nil and the
--- first failure ("rank R: message"). opts.timeout: seconds for blocking waits.
+-- first failure ("rank R: message"). opts.timeout: seconds for blocking waits;
+-- opts.link = { latency_us =, gbs = }: an emulated network link (collectives'
+-- data arrives latency + bytes / (gbs GB/s) after the last post, without CPU).
 function M.local_group(n, fn, arg, opts)
   if type(n) ~= "number" or n < 1 or n ~= math.floor(n) then error("comm.local_group: n must be a positive integer", 2) end
   local packet = fn_packet(fn, arg, opts and opts.timeout)
   local pp = ffi.new("tide_comm_local_t *[1]")
   if C.tide_comm_local_new(n, pp, F.err) ~= 0 then return fail() end
   local ctx = pp[0]
+  local link = opts and opts.link
+  if link then
+    -- emulated link for measurements (comm.h: tide_comm_local_set_link)
+    local lat, gbs = (link.latency_us or 0) * 1000, link.gbs or 0
+    if C.tide_comm_local_set_link(ctx, lat, gbs, F.err) ~= 0 then
+      C.tide_comm_local_free(ctx)
+      return fail()
+    end
+  end
   local results = ffi.new("char *[?]", n)
   local rc = C.tide_comm_local_run_lua(ctx, package.path, BOOT, #BOOT, 0, packet, #packet, results, F.err)
   local out = {}

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm.h"
 #include "dtype.h"
@@ -402,6 +403,32 @@ static int rank_stats(tide_comm_t *c, void *arg) {
     RCHECK(st, me, s.ns[k] >= 0 && s.span_ns[k] >= s.ns[k] - 1000 && (s.calls[k] > 0 || s.ns[k] == 0),
            "times of %s", tide_comm_op_name(k));
   RCHECK(st, me, s.ns[TIDE_COMM_OP_ALLREDUCE] > 0, "allreduce time counted");
+  for (int k = 0; k < TIDE_COMM_OP_COUNT; k++) /* one thread's CPU time cannot exceed its wall time */
+    RCHECK(st, me, s.cpu_ns[k] >= 0 && s.cpu_ns[k] <= s.ns[k] + 1000000, "cpu time of %s: %lld of %lld ns",
+           tide_comm_op_name(k), (long long)s.cpu_ns[k], (long long)s.ns[k]);
+  return 0;
+}
+
+/* A rank waiting for a late peer sleeps (condition variable) instead of
+ * spinning: its CPU time inside the wait stays a small part of the wait. */
+static int rank_sleepy_wait(tide_comm_t *c, void *arg) {
+  tstate_t *st = arg;
+  int32_t me = tide_comm_rank(c);
+  tide_err_t err = {0};
+  tide_comm_stats_reset(c);
+  if (me == 1) {
+    struct timespec ts = {0, 200000000}; /* the late rank: 200 ms */
+    nanosleep(&ts, NULL);
+  }
+  if (tide_comm_barrier(c, &err)) return TIDE_EINVAL;
+  tide_comm_stats_t s;
+  tide_comm_stats(c, &s);
+  if (me == 0) {
+    int64_t ns = s.ns[TIDE_COMM_OP_BARRIER], cpu = s.cpu_ns[TIDE_COMM_OP_BARRIER];
+    RCHECK(st, me, ns >= 100000000, "the barrier waited %lld ns for the late rank", (long long)ns);
+    RCHECK(st, me, cpu * 4 < ns, "waiting used %lld ns of CPU in %lld ns: spinning?", (long long)cpu, (long long)ns);
+  }
+  RCHECK(st, me, tide_comm_thread_cpu_ns() > 0, "thread CPU clock");
   return 0;
 }
 
@@ -411,8 +438,65 @@ static void test_comm_stats(void **state) {
     tstate_t st = {.seed = 11};
     run_ranks(n, rank_stats, &st);
   }
+  tstate_t st2 = {.seed = 12};
+  run_ranks(2, rank_sleepy_wait, &st2);
   assert_string_equal(tide_comm_op_name(TIDE_COMM_OP_ALLTOALLV), "alltoallv");
   assert_string_equal(tide_comm_op_name(99), "?");
+}
+
+/* ---- the emulated link: data arrives latency + bytes / bandwidth after the last post ------------- */
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int rank_link(tide_comm_t *c, void *arg) {
+  tstate_t *st = arg;
+  int32_t me = tide_comm_rank(c), n = tide_comm_size(c);
+  tide_err_t err = {0};
+  int64_t cnt[MAX_RANKS], dsp[MAX_RANKS];
+  unsigned char sb[MAX_RANKS * 1000], rb[MAX_RANKS * 1000];
+  for (int32_t i = 0; i < n; i++) {
+    cnt[i] = 1000;
+    dsp[i] = i * 1000;
+    memset(sb + i * 1000, (int)(me * 16 + i), 1000);
+  }
+  if (tide_comm_barrier(c, &err)) return TIDE_EINVAL;
+  tide_comm_stats_reset(c);
+  int64_t t0 = now_ns();
+  tide_comm_req_t *q = NULL;
+  if (tide_comm_ialltoallv(c, sb, cnt, dsp, rb, cnt, dsp, &q, &err)) return TIDE_EINVAL;
+  int32_t done = 0;
+  if (tide_comm_test(q, &done, &err)) return TIDE_EINVAL;
+  RCHECK(st, me, !done || now_ns() - t0 >= 300000000, "the data came before the link delivered it");
+  if (!done && tide_comm_wait(q, &err)) return TIDE_EINVAL;
+  int64_t dt = now_ns() - t0;
+  RCHECK(st, me, dt >= 300000000, "the link's 300 ms latency took %lld ns", (long long)dt);
+  for (int32_t i = 0; i < n; i++)
+    RCHECK(st, me, rb[i * 1000] == (unsigned char)(i * 16 + me) && rb[i * 1000 + 999] == (unsigned char)(i * 16 + me),
+           "bytes from rank %d", i);
+  tide_comm_stats_t s;
+  tide_comm_stats(c, &s);
+  RCHECK(st, me, s.span_ns[TIDE_COMM_OP_ALLTOALLV] >= 300000000 && s.cpu_ns[TIDE_COMM_OP_ALLTOALLV] * 4 < dt,
+         "span %lld ns, cpu %lld ns", (long long)s.span_ns[3], (long long)s.cpu_ns[3]);
+  return 0;
+}
+
+static void test_comm_emulated_link(void **state) {
+  (void)state;
+  tide_comm_local_t *ctx = NULL;
+  tide_err_t err = {0};
+  assert_int_equal(tide_comm_local_new(3, &ctx, &err), 0);
+  assert_int_equal(tide_comm_local_set_link(ctx, -1, 0, &err), TIDE_EINVAL);
+  assert_int_equal(tide_comm_local_set_link(ctx, 300000000, 1.0, &err), 0); /* 300 ms + 1 GB/s */
+  tstate_t st = {.seed = 21};
+  int rc = tide_comm_local_run(ctx, rank_link, &st, &err);
+  for (int32_t r = 0; r < 3; r++)
+    if (st.fail[r][0]) fail_msg("rank %d: %s", r, st.fail[r]);
+  assert_int_equal(rc, 0);
+  tide_comm_local_free(ctx);
 }
 
 /* ---- faults: a bad call or a missing rank aborts the group, naming the rank ------------------- */
@@ -509,6 +593,7 @@ int main(void) {
       cmocka_unit_test(test_comm_alltoallv),  cmocka_unit_test(test_comm_send_recv),
       cmocka_unit_test(test_comm_split),      cmocka_unit_test(test_comm_nonblocking),
       cmocka_unit_test(test_comm_stats),      cmocka_unit_test(test_comm_faults),
+      cmocka_unit_test(test_comm_emulated_link),
       cmocka_unit_test(test_comm_lua_ranks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

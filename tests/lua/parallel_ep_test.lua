@@ -69,7 +69,8 @@ local function logits_diff(c, arg)
   local m = assert(tide.load("models/dsv3-tiny", { mla = "absorb" }))
   local loads = {}
   for i = 2, 4 do loads[#loads + 1] = fx.expert_loads_val[i] end
-  local plan = assert(ep.apply(m, c, { redundant = arg == "eplb" and 4 or 0, loads = arg == "eplb" and loads or nil }))
+  local plan = assert(ep.apply(m, c, { redundant = arg == "eplb" and 4 or 0, loads = arg == "eplb" and loads or nil,
+    overlap = (arg == "tbo" and "tbo") or (arg == "overlap") }))
   local ids = fx.public[c:rank() % #fx.public + 1].ids
   local a = assert(m:forward(ids))
   plan:drain()
@@ -87,13 +88,15 @@ end
 
 function T.ep_logits_match_one_process()
   local comm = require "tide.comm"
-  for _, v in ipairs({ { 1, "" }, { 4, "" }, { 4, "eplb" } }) do
+  for _, v in ipairs({ { 1, "" }, { 4, "" }, { 4, "eplb" }, { 4, "overlap" }, { 4, "tbo" }, { 1, "tbo" } }) do
     local res = assert(comm.local_group(v[1], logits_diff, v[2]))
     for r = 1, v[1] do
       local d, calls = res[r]:match("^(%S+) (%d+)$")
       H.truthy(tonumber(d) <= 1e-5, string.format("%d ranks %s rank %d: max |diff| / max |logit| %s", v[1], v[2], r - 1, d))
       H.truthy(tonumber(calls) > 0, "alltoallv used")
-      if v[1] == 1 then H.eq(tonumber(d), 0, "one rank: a permutation, exact") end
+      if v[1] == 1 and v[2] == "" then H.eq(tonumber(d), 0, "one rank: a permutation, exact") end
+      -- TBO: counts, dispatch and combine per half per MoE layer, then drain's last pass (two counts exchanges)
+      if v[2] == "tbo" then H.eq(tonumber(calls), 3 * 2 * 3 + 2, "TBO all-to-alls") end
     end
   end
 end
@@ -117,6 +120,8 @@ function T.same_tokens_on_threads()
   H.truthy(tonumber(mv) > 0 and tonumber(wb) > 0, "experts moved, their weights sent")
   out, code = H.sh(H.q(H.tide) .. " run tests/mpi/ep_check.lua " .. RECIPE .. " overlap 2>&1")
   check_out(out, code, "threads, two-micro-batch overlap")
+  out, code = H.sh(H.q(H.tide) .. " run tests/mpi/ep_check.lua " .. RECIPE .. " tbo 2>&1")
+  check_out(out, code, "threads, two-batch overlap across layers")
   out, code = H.sh(H.q(H.tide) .. " run tests/mpi/ep_check.lua recipes/dsv3-tiny-pd.lua 2>&1")
   check_out(out, code, "threads, PD 1P+3D")
 end
@@ -133,6 +138,8 @@ function T.mpi_same_tokens_ep_eplb_and_tcp()
   check_out(out, code, "mpirun EP + EPLB")
   out, code = mpirun("--mca btl tcp,self", 4, "run tests/mpi/ep_check.lua " .. RECIPE)
   check_out(out, code, "mpirun over TCP")
+  out, code = mpirun("", 4, "run tests/mpi/ep_check.lua " .. RECIPE .. " tbo")
+  check_out(out, code, "mpirun EP + EPLB, two-batch overlap across layers")
   out, code = mpirun("", 4, "run tests/mpi/ep_check.lua " .. RECIPE .. " rebalance")
   check_out(out, code, "mpirun EP + EPLB rebalanced every 4 steps")
   out, code = mpirun("", 4, "run tests/mpi/ep_check.lua recipes/dsv3-tiny-pd.lua")
@@ -154,6 +161,23 @@ function T.mpi_generate_recipe_json_equals_single_process()
   H.same(b.ids, a.ids, "ids")
   H.same(b.prompt_ids, a.prompt_ids, "prompt ids")
   H.eq(b.text, a.text, "text")
+end
+
+-- Each MPI rank pages in only the experts of its slots: the checkpoint is
+-- mmapped and nothing reads the other ranks' experts, so at least half of
+-- their bytes are missing from the rank's resident pages.
+function T.mpi_ranks_hold_only_their_experts()
+  if not have_mpirun() then print("  (skipped: no mpirun)") return end
+  local out, code = mpirun("", 4, "run " .. RECIPE)
+  H.eq(code, 0, out)
+  local n = 0
+  for rk, slot, all, res, mapped in out:gmatch("%[rank (%d+): expert weights (%d+) KiB in its slots of (%d+) KiB for all experts; checkpoint resident (%d+) KiB of (%d+) KiB") do
+    slot, all, res, mapped = tonumber(slot), tonumber(all), tonumber(res), tonumber(mapped)
+    H.eq(slot, 5 * 3 * all / (16 * 3), "rank " .. rk .. ": 5 slots in each of 3 MoE layers")
+    H.truthy(res < mapped - (all - slot) / 2, string.format("rank %s: %d KiB resident of %d KiB, other experts %d KiB", rk, res, mapped, all - slot))
+    n = n + 1
+  end
+  H.eq(n, 4, "a memory line per rank:\n" .. out)
 end
 
 function T.mpi_killed_rank_ends_the_recipe_job()

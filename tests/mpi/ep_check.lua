@@ -6,12 +6,14 @@
 -- VARIANT: "" | "noeplb" (no redundant experts) | "q8" (Q8 dispatch) |
 -- "threads" (force the in-process backend) | "die" (rank 2 kills itself) |
 -- "rebalance" (EPLB placement recomputed from the counted loads every 4 steps) |
--- "overlap" (two-micro-batch mode: non-blocking dispatch/combine).
+-- "overlap" (two-micro-batch mode: non-blocking dispatch/combine) |
+-- "tbo" (two-batch overlap across layers, tide.parallel.tbo).
 local R = require "tide.parallel.recipe"
 local cjson = require "cjson.safe"
 local path, variant = arg[1] or "recipes/dsv3-tiny-ep4.lua", arg[2] or ""
 local r = R.new(dofile(path))
-local fx_path = r.model:match("llama") and "tests/fixtures/llama-tiny.json" or "tests/fixtures/dsv3-tiny.json"
+local fx_path = r.model:match("llama") and "tests/fixtures/llama-tiny.json"
+  or (r.model:match("fp8") and "tests/fixtures/dsv3-tiny-fp8.json" or "tests/fixtures/dsv3-tiny.json")
 local fx = assert(cjson.decode(assert(io.open(fx_path)):read("*a")))
 if variant == "noeplb" then r.parallel.eplb = nil end
 if variant == "q8" then r.parallel.wire = "q8" end
@@ -19,6 +21,7 @@ if variant == "threads" then r.parallel.backend = "threads" end
 if variant == "die" then r.die_rank = 2 end
 if variant == "rebalance" then r.parallel.eplb.every = 4 end
 if variant == "overlap" then r.parallel.overlap = true end
+if variant == "tbo" then r.parallel.overlap = "tbo" end
 local prompts = {}
 for i, p in ipairs(fx.public) do prompts[i] = { ids = p.ids } end
 local out, err = R.launch({ recipe = r, prompts = prompts, max_tokens = #fx.public[1].greedy, ignore_eos = true })

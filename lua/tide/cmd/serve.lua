@@ -6,7 +6,8 @@ usage: tide serve [--model PATH|RECIPE] [options]
 
   --model PATH          Hugging Face folder, .gguf, or a recipe .lua returning
                         { model = PATH, mla =, kv =, engine = { max_batch_tokens,
-                        max_seqs, chunk, policy, preempt, prefix_cache } }
+                        max_seqs, chunk, policy, preempt, prefix_cache,
+                        prefix_spill = { dir, max_bytes }, speculative } }
                         (default models/dsv3-tiny)
   --host H              address to bind (default 127.0.0.1)
   --port N              port (default 8080; 0 = any free port, printed)
@@ -21,15 +22,24 @@ usage: tide serve [--model PATH|RECIPE] [options]
   --chunk N             prefill chunk per request per step (default max-batch-tokens)
   --policy P            fcfs | priority (default fcfs)
   --no-prefix-cache     turn prefix caching off
+  --prefix-spill DIR    evicted prefix-cache blocks go to DIR compressed with
+                        zstd and come back on a hit
+  --prefix-spill-max-bytes N  disk budget of the spill (default 1 GiB)
+  --speculative mtp     MTP speculative decoding for greedy requests (models
+                        with an MTP layer; one draft token per step)
   --kv-blocks N         KV cache blocks (default: 4 contexts' worth)
   --max-ctx N           context length
   --threads N           compute threads
-  --grace-s S           on SIGINT/SIGTERM, time to finish in-flight work (default 5)]]
+  --grace-s S           on SIGINT/SIGTERM, time to finish in-flight work (default 5)
+  --recipe R            a parallel recipe (tide.parallel.recipe: EP, TP, PP);
+                        under mpirun rank 0 serves and every rank steps the
+                        model (lua/tide/parallel/serve.lua)]]
 
 local spec = { model = "string", host = "string", port = "number", api_key = "string", name = "string",
   max_body = "number", timeout_ms = "number", max_conns = "number", max_batch_tokens = "number",
   max_seqs = "number", chunk = "number", policy = "string", no_prefix_cache = "flag", kv_blocks = "number",
-  max_ctx = "number", threads = "number", grace_s = "number", mla = "string" }
+  max_ctx = "number", threads = "number", grace_s = "number", mla = "string", recipe = "string",
+  prefix_spill = "string", prefix_spill_max_bytes = "number", speculative = "string" }
 
 local function fail(msg)
   io.stderr:write("tide serve: ", msg, "\n")
@@ -40,6 +50,7 @@ function M.main(args)
   local A = require "tide.cmd.args"
   local o, e = A.parse(args, spec)
   if not o then return fail(e .. " (see tide serve --help)") end
+  if o.recipe then return require("tide.parallel.serve").main(o) end
   local path = o.model or "models/dsv3-tiny"
   local lopts = { threads = o.threads, max_ctx = o.max_ctx, mla = o.mla }
   local recipe_engine
@@ -71,6 +82,9 @@ function M.main(args)
       policy = o.policy or (recipe_engine and recipe_engine.policy),
       preempt = recipe_engine and recipe_engine.preempt,
       prefix_cache = not o.no_prefix_cache and not (recipe_engine and recipe_engine.prefix_cache == false),
+      prefix_spill = o.prefix_spill and { dir = o.prefix_spill, max_bytes = o.prefix_spill_max_bytes }
+        or (recipe_engine and recipe_engine.prefix_spill),
+      speculative = o.speculative and { method = o.speculative } or (recipe_engine and recipe_engine.speculative),
     },
   })
   if not srv then return fail(se) end

@@ -129,6 +129,9 @@ function M.apply(model, comm, opts)
   local wire = opts.wire or "f32"
   if wire ~= "f32" and wire ~= "q8" then return nil, "expert parallelism: wire must be 'f32' or 'q8', got '" .. tostring(wire) .. "'" end
   if opts.overlap and wire ~= "f32" then return nil, "expert parallelism: the two-micro-batch mode sends f32 rows (wire = 'f32')" end
+  if opts.overlap ~= nil and opts.overlap ~= true and opts.overlap ~= false and opts.overlap ~= "tbo" then
+    return nil, "expert parallelism: overlap must be true (in-layer two micro-batches), 'tbo' (across layers) or false"
+  end
   local self = setmetatable({ comm = comm, model = model, layers = layers, n_expert = E, slots = S, per = chk.per_rank,
     ranks = n, me = comm:rank(), wire = wire, dim = layers[1].moe.dim, inter = layers[1].moe.inter,
     bytes = { dispatch = 0, combine = 0 }, steps = 0, passes = 0, every = opts.every, rebalances = 0, moved = 0, moved_bytes = 0,
@@ -143,6 +146,10 @@ function M.apply(model, comm, opts)
     local moe = l.moe
     moe.ep_plan, moe.ep_layer = self, li
     moe.forward = function(m, ctx, x, key) return self:forward(m, ctx, x, key) end
+  end
+  if opts.overlap == "tbo" then
+    local tbo = require "tide.parallel.tbo"
+    model.arch.forward_hidden = function(arch, ctx, ids) return tbo.forward_hidden(self, arch, ctx, ids) end
   end
   return self
 end
@@ -228,7 +235,6 @@ local function grow(self, name, ct, n)
   return b
 end
 
--- Q8 rows on the wire: per row an f32 scale then dim int8 values.
 -- Rows of a step's routed (token, expert) pairs in the single-process order
 -- (by logical expert, stable in token order): pos maps routed index -> row;
 -- tok/rw hold each row's token and routing weight; y (nk, dim) receives the rows.
@@ -252,6 +258,9 @@ local function single_process_order(self, ws, selp, wtp, nk, E, K, dim)
   local y = ws:get("moe.y", nk, dim)
   return pos, tok, rw, y, ffi.cast("float*", y._p.data)
 end
+Plan.single_process_order = single_process_order
+
+-- Q8 rows on the wire: per row an f32 scale then dim int8 values.
 
 local function q8_pack(dst, src, rows, dim)
   local stride = dim + 4
@@ -540,13 +549,15 @@ function Plan:exchange2(moe, ws, x, n, key)
     hh.req = assert(comm:ialltoallv(xs, sb, hh.xr, rb))
     self.bytes.dispatch = self.bytes.dispatch + hh.rows * dim * 4
   end
+  -- requests in flight (dispatch 1, 2, combine 1, 2); a done request is
+  -- dropped from the list (a hole would end an ipairs walk early)
   local pending = { H[1].req, H[2].req }
   local function poll()
-    for _, q in ipairs(pending) do
-      if q then
-        local r, e = q:test()
-        if r == nil then error("ep: " .. tostring(e), 0) end
-      end
+    local k = 1
+    while k <= #pending do
+      local r, e = pending[k]:test()
+      if r == nil then error("ep: " .. tostring(e), 0) end
+      if r then table.remove(pending, k) else k = k + 1 end
     end
   end
   -- shared experts while the dispatches are in flight
@@ -563,7 +574,7 @@ function Plan:exchange2(moe, ws, x, n, key)
     local hh = H[h]
     ok, err = hh.req:wait()
     if not ok then error("ep dispatch: " .. tostring(err), 0) end
-    pending[h] = nil
+    for k = #pending, 1, -1 do if pending[k] == hh.req then table.remove(pending, k) end end
     local rtot = hh.rtot
     local yr = grow(self, "b2_yr" .. h, "float[?]", rtot * dim + 1)
     if rtot > 0 then
@@ -630,6 +641,7 @@ end
 -- One pass of an idle rank through the MoE layers; false when no rank had
 -- tokens (every rank is draining: they all see it in the same pass).
 function Plan:idle_pass()
+  if self.overlap == "tbo" then return require("tide.parallel.tbo").idle_pass(self) end
   local ws = self.model.ws
   for li, l in ipairs(self.layers) do
     local _, active = self:exchange(l.moe, ws, nil, 0, "ffn.out")
@@ -688,11 +700,59 @@ function Plan:rebalance(opts)
   return self:set_placement(p)
 end
 
+-- Bytes of the checkpoint files (*.safetensors under dir, or all) resident
+-- in this process, and their mapped size, from /proc/self/smaps (nil when
+-- it cannot be read).
+function M.resident(dir)
+  dir = type(dir) == "string" and dir:gsub("^%./", ""):gsub("/+$", "") or nil
+  local f = io.open("/proc/self/smaps")
+  if not f then return nil end
+  local res, size, cur = 0, 0, false
+  for line in f:lines() do
+    local path = line:match("^%x+%-%x+ %S+ %x+ %S+ %d+%s+(.+)$")
+    if path then cur = path:match("%.safetensors$") ~= nil and (not dir or path:find(dir, 1, true) ~= nil)
+    elseif cur then
+      local k, v = line:match("^(%a+):%s+(%d+) kB")
+      if k == "Rss" then res = res + tonumber(v) * 1024 elseif k == "Size" then size = size + tonumber(v) * 1024 end
+    end
+  end
+  f:close()
+  return res, size
+end
+
+-- Memory of the routed experts on this rank: the weights are mmapped
+-- views of the checkpoint, so a rank pages in only the experts it runs (its
+-- slots); nothing reads the others. Returns { slot_bytes = bytes of the
+-- experts in this rank's slots, all_bytes = bytes of every routed expert,
+-- resident = bytes of the model's checkpoint files resident in this process (from
+-- /proc/self/smaps; nil where unreadable), file_bytes = their mapped size,
+-- rss = the process's resident set }. With thread ranks the process
+-- numbers cover every rank of the process.
+function Plan:memory()
+  local function mlp_bytes(m) return m.gate.weight:nbytes() + m.up.weight:nbytes() + m.down.weight:nbytes() end
+  local slot, all = 0, 0
+  for li, l in ipairs(self.layers) do
+    for _, e in ipairs(l.moe.experts) do all = all + mlp_bytes(e) end
+    for _, e in ipairs(self.local_experts[li]) do slot = slot + mlp_bytes(e) end
+  end
+  local out = { slot_bytes = slot, all_bytes = all }
+  out.resident, out.file_bytes = M.resident(self.model.source)
+  local st = io.open("/proc/self/status")
+  if st then
+    local s = st:read("*a")
+    st:close()
+    local kb = s:match("VmRSS:%s+(%d+) kB")
+    out.rss = kb and tonumber(kb) * 1024 or nil
+  end
+  return out
+end
+
 -- Undo apply: the MoE layers run locally again.
 function Plan:remove()
   for _, l in ipairs(self.layers) do
     l.moe.forward, l.moe.ep_plan, l.moe.ep_layer = nil, nil, nil
   end
+  if self.overlap == "tbo" then self.model.arch.forward_hidden = nil end
 end
 
 return M

@@ -130,6 +130,25 @@ local function eplb_loads(spec, model)
   return out
 end
 
+-- Load the recipe's model on rank c and apply its TP / PP / EP plan (every
+-- rank of c calls it). opts.threads: compute threads. Returns the model and
+-- the EP plan (nil without EP).
+function M.setup_rank(r, c, opts)
+  local p = r.parallel or {}
+  local tide = require "tide"
+  local model = assert(tide.load(r.model, { mla = r.mla, kv = r.kv, threads = (opts and opts.threads) or r.threads }))
+  if (p.tp or 1) > 1 then assert(require("tide.parallel.tp").apply(model, c)) end
+  if (p.pp or 1) > 1 then assert(require("tide.parallel.pp").apply(model, c, { micro_batches = p.micro_batches })) end
+  local plan
+  if p.ep then
+    local ep = require "tide.parallel.ep"
+    local e = p.eplb or {}
+    plan = assert(ep.apply(model, c, { redundant = e.redundant or 0, loads = eplb_loads(e, model), wire = p.wire,
+      nodes = e.nodes, every = e.every, overlap = p.overlap }))
+  end
+  return model, plan
+end
+
 -- Runs the job on rank c (called by tide.comm.launch through rank_job.lua).
 -- Returns, on rank 0, the serialized results { [i] = {prompt_ids, ids, text,
 -- finish_reason, timings} } in prompt order plus stats.
@@ -140,21 +159,9 @@ function M.rank_job(c, arg)
   local me, n = c:rank(), c:size()
   local ok, err = M.check(r, n)
   if not ok then error(err, 0) end
-  local tide = require "tide"
-  local topts = { mla = r.mla, kv = r.kv, threads = job.threads or r.threads }
-  local model
   local ctx = { rank = me, ranks = n, comm = c }
-  model = assert(tide.load(r.model, topts))
-  if (p.tp or 1) > 1 then assert(require("tide.parallel.tp").apply(model, c)) end
-  if (p.pp or 1) > 1 then assert(require("tide.parallel.pp").apply(model, c)) end
-  local plan
-  if p.ep then
-    local ep = require "tide.parallel.ep"
-    local e = p.eplb or {}
-    plan = assert(ep.apply(model, c, { redundant = e.redundant or 0, loads = eplb_loads(e, model), wire = p.wire,
-      nodes = e.nodes, every = e.every, overlap = p.overlap }))
-    ctx.plan = plan
-  end
+  local model, plan = M.setup_rank(r, c, job)
+  ctx.plan = plan
   local pdp
   if p.pd then
     pdp = assert(require("tide.parallel.pd").apply(model, c, p.pd))
@@ -200,6 +207,7 @@ function M.rank_job(c, arg)
     stats.expert_loads = plan:expert_loads()
     stats.bytes = plan.bytes
     stats.rebalances, stats.moved, stats.moved_bytes = plan.rebalances, plan.moved, plan.moved_bytes
+    stats.memory = plan:memory()
   end
   stats.comm = c:stats()
   -- gather to rank 0
@@ -275,6 +283,15 @@ function Recipe:run(args)
       io.stderr:write(string.format("[rank %d (%s): %d requests, %d KV bytes (%.0f per request), %s %.4fs]\n", rk - 1,
         st.role, q.requests, q.kv_bytes, q.requests > 0 and q.kv_bytes / q.requests or 0,
         st.role == "prefill" and "send" or "receive", st.role == "prefill" and q.send_s or q.recv_s))
+    end
+  end
+  for rk, st in ipairs(out.stats) do
+    local m = st.memory
+    if m then
+      io.stderr:write(string.format("[rank %d: expert weights %.0f KiB in its slots of %.0f KiB for all experts; "
+        .. "checkpoint resident %s of %.0f KiB mapped; RSS %s]\n", rk - 1, m.slot_bytes / 1024, m.all_bytes / 1024,
+        m.resident and string.format("%.0f KiB", m.resident / 1024) or "?", (m.file_bytes or 0) / 1024,
+        m.rss and string.format("%.1f MiB", m.rss / 1048576) or "?"))
     end
   end
   local st = out.stats[1]

@@ -11,19 +11,74 @@
 -- (column-parallel), down by columns (row-parallel), one allreduce.
 -- Embedding, norms and lm_head are replicated, so every rank computes the
 -- same logits (and samples the same tokens) in lockstep.
+-- FP8 weights with block scales (DeepSeek-V3's released format) stay FP8:
+-- each shard copies its e4m3 bytes and takes the block scales with them
+-- (scaled_slice), on 128 x 128 block boundaries when the shard starts on one,
+-- with finer blocks carrying the original block's scale when it does not.
+local ffi = require "ffi"
 local T = require "tide.tensor"
 local Attention = require "tide.nn.attention"
 local MLP = require "tide.nn.mlp"
 
 local M = {}
 
+local function has_scales(w) return w:cdata().scale ~= nil end
+
+local function gcd(a, b)
+  while b ~= 0 do a, b = b, a % b end
+  return a
+end
+
+-- Rows [r0, r0 + nr) x cols [c0, c0 + nc) of a 2-D weight with block scales
+-- (FP8 e4m3 + weight_scale_inv): the stored bytes are copied as they are,
+-- and the scales go with them. A shard that starts on a block boundary keeps
+-- the blocks (br x bc, 128 x 128 for DeepSeek-V3) and takes its rows and
+-- columns of the scale grid; one that starts inside a block (a small model
+-- split finer than its blocks) gets blocks of gcd(br, r0) x gcd(bc, c0),
+-- each inside one original block, with that block's scale: every weight
+-- keeps its value, only the kernels' per-block partial sums get shorter.
+local function scaled_slice(w, r0, nr, c0, nc)
+  local p = w:cdata()
+  local sc = p.scale
+  local br, bc = tonumber(p.scale_block[0]), tonumber(p.scale_block[1])
+  local es = w:nbytes() / w:numel()
+  if es ~= 1 then error("tensor parallelism: block-scaled weights of " .. tostring(w:dtype()) .. " are not split (FP8 only)", 0) end
+  local br2, bc2 = gcd(br, r0), gcd(bc, c0)
+  local out = T.zeros({ nr, nc }, w:dtype())
+  local dst = ffi.cast("uint8_t *", out:cdata().data)
+  local src = ffi.cast("const uint8_t *", p.data)
+  local s0, s1 = tonumber(p.stride[0]), tonumber(p.stride[1])
+  for i = 0, nr - 1 do
+    local row = src + (r0 + i) * s0 + c0 * s1
+    if s1 == 1 then ffi.copy(dst + i * nc, row, nc)
+    else for j = 0, nc - 1 do dst[i * nc + j] = row[j * s1] end end
+  end
+  local nsr, nsc = math.ceil(nr / br2), math.ceil(nc / bc2)
+  local scale = T.zeros({ nsr, nsc })
+  local sd = ffi.cast("float *", scale:cdata().data)
+  local ss = ffi.cast("const uint8_t *", sc.data)
+  local t0, t1 = tonumber(sc.stride[0]), tonumber(sc.stride[1])
+  for a = 0, nsr - 1 do
+    local oa = math.floor((r0 + a * br2) / br)
+    for b = 0, nsc - 1 do
+      local ob = math.floor((c0 + b * bc2) / bc)
+      sd[a * nsc + b] = ffi.cast("const float *", ss + oa * t0 + ob * t1)[0]
+    end
+  end
+  assert(out:set_scale(scale, br2, bc2))
+  return out
+end
+M.scaled_slice = scaled_slice
+
 local function rows(w, r, n) -- rows [r*len, (r+1)*len) of a 2-D weight, contiguous
   local len = w:shape()[1] / n
+  if has_scales(w) then return scaled_slice(w, r * len, len, 0, w:shape()[2]) end
   return w:narrow(1, r * len + 1, len):copy()
 end
 
 local function cols(w, r, n)
   local len = w:shape()[2] / n
+  if has_scales(w) then return scaled_slice(w, 0, w:shape()[1], r * len, len) end
   return w:narrow(2, r * len + 1, len):copy()
 end
 
@@ -38,8 +93,6 @@ end
 local function split_mlp(m, r, tp)
   return MLP.new(rows(m.gate.weight, r, tp), rows(m.up.weight, r, tp), cols(m.down.weight, r, tp))
 end
-
-local function has_scales(w) return w:cdata().scale ~= nil end
 
 -- DeepSeek-V3: MLA heads split (q_b / kv_b rows of this rank's heads, o_proj
 -- columns; q_a, kv_a and the latent cache replicated, as every head reads
@@ -60,7 +113,6 @@ local function apply_dsv3(model, comm)
   end
   local okc, cerr = pcall(function()
     for _, L in ipairs(arch.layers) do
-      if has_scales(L.attn.o.weight) then error("tensor parallelism: FP8 weights with block scales are not split yet", 0) end
       if L.mlp then check_width(L.mlp.hidden, "MLP") end
       if L.moe then
         check_width(L.moe.inter, "expert")
