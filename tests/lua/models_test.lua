@@ -146,6 +146,34 @@ function T.ragged_batch_llama() ragged("llama-tiny") end
 function T.ragged_batch_dsv3_naive() ragged("dsv3-tiny", "naive") end
 function T.ragged_batch_dsv3_absorb() ragged("dsv3-tiny", "absorb") end
 
+-- MLA "auto" decides by new tokens per sequence: a decode step of 20
+-- sequences (20 rows) runs absorbed, a 20-token prefill of one runs naive.
+function T.dsv3_auto_decides_per_sequence()
+  local T0 = require "tide.tensor"
+  local m = model("dsv3-tiny", "auto")
+  local kv = m:kv_cache()
+  local seqs, prompts, steps = {}, {}, {}
+  for i = 1, 20 do
+    seqs[i] = kv:seq_new()
+    prompts[i] = { 3 + i, 40 + i }
+    steps[i] = { 100 + i }
+  end
+  assert(m:step(seqs, prompts, "last"))
+  local function heads_calls(fn)
+    T0.profile(true)
+    T0.profile_report()
+    fn()
+    local r = T0.profile_report()
+    T0.profile(false)
+    return r.matmul_heads and r.matmul_heads.calls or 0
+  end
+  H.truthy(heads_calls(function() assert(m:step(seqs, steps, "last")) end) > 0, "20 decoding sequences: absorbed")
+  for i = 1, 20 do kv:seq_free(seqs[i]) end
+  local long = {}
+  for i = 1, 20 do long[i] = 3 + i end
+  H.eq(heads_calls(function() assert(m:forward(long)) end), 0, "a 20-token prefill: naive")
+end
+
 function T.kv_dtypes_and_bytes()
   local fx = fixture("dsv3-tiny")
   local ids = ints(fx["p0.ids"])

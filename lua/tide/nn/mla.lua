@@ -101,8 +101,10 @@ function MLA:forward(ctx, layer, x)
   local attn
   local mode = ctx.mla or self.mode
   -- auto: absorbed for decode-sized steps (reads the latent cache, no K/V
-  -- rebuilt over the whole context per step), naive for prefill chunks
-  if mode == "auto" then mode = n <= 16 and "absorb" or "naive" end
+  -- rebuilt over the whole context per step), naive for prefill chunks;
+  -- decided by the new tokens per sequence, so a batch of many decoding
+  -- sequences stays absorbed
+  if mode == "auto" then mode = n <= 16 * ctx.batch.n_seq and "absorb" or "naive" end
   if mode == "absorb" then
     attn = self:attend_absorbed(ctx, cv, q, q_pe, n)
   else
@@ -187,7 +189,7 @@ end
 function MLA:cost(rec, name, b, mode)
   mode = mode or self.mode
   local n, H, kvl, dn, dr, dv = b.n, self.n_head, self.kvl, self.dn, self.dr, self.dv
-  if mode == "auto" then mode = n <= 16 and "absorb" or "naive" end -- as in forward
+  if mode == "auto" then mode = n <= 16 * math.max(b.seqs or 1, 1) and "absorb" or "naive" end -- as in forward
   if self.q_a then
     self.q_a:cost(rec, name .. ".q_a", n)
     self.q_a_norm:cost(rec, name .. ".q_a_norm", n)
