@@ -599,9 +599,35 @@ static void on_signal(uv_signal_t *h, int sig) {
   pthread_mutex_unlock(&s->mu);
 }
 
+/* SIGPIPE without a process-wide side effect: every socket write happens on
+ * a thread that blocks SIGPIPE, so a write to a peer that went away fails
+ * with EPIPE (the connection is closed) instead of killing the process, and
+ * the signal disposition the embedding program chose is left alone. A write
+ * raises SIGPIPE for the writing thread only; while blocked it stays pending
+ * there and is taken back (pipe_unblock) before the old mask returns. */
+static void pipe_block(sigset_t *old) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, old);
+}
+
+static void pipe_unblock(const sigset_t *old) {
+  sigset_t set, pend;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  struct timespec zero = {0, 0};
+  while (sigpending(&pend) == 0 && sigismember(&pend, SIGPIPE) && sigtimedwait(&set, NULL, &zero) == SIGPIPE) {
+  }
+  pthread_sigmask(SIG_SETMASK, old, NULL);
+}
+
 static void *loop_main(void *arg) {
   tide_server_t *s = (tide_server_t *)arg;
+  sigset_t old;
+  pipe_block(&old); /* this thread does all the socket writes */
   uv_run(&s->loop, UV_RUN_DEFAULT);
+  pipe_unblock(&old);
   return NULL;
 }
 
@@ -665,13 +691,14 @@ int tide_server_start(const char *host, int32_t port, const char *api_key, int64
   s->sigint.data = s->sigterm.data = s;
   uv_signal_start(&s->sigint, on_signal, SIGINT);
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
-  /* a client that goes away mid-write must not kill the process */
-  signal(SIGPIPE, SIG_IGN);
   if (pthread_create(&s->thread, NULL, loop_main, s) != 0) {
     s->quit = 1;
     uv_close((uv_handle_t *)&s->drain, NULL);
     shutdown_loop(s);
+    sigset_t old;
+    pipe_block(&old);
     uv_run(&s->loop, UV_RUN_DEFAULT);
+    pipe_unblock(&old);
     uv_loop_close(&s->loop);
     free(s->api_key);
     free(s);
@@ -776,7 +803,10 @@ void tide_server_free(tide_server_t *s) {
     uv_async_send(&s->wake);
     pthread_join(s->thread, NULL);
   }
+  sigset_t old;
+  pipe_block(&old); /* closing may still flush on this thread */
   uv_run(&s->loop, UV_RUN_DEFAULT);
+  pipe_unblock(&old);
   uv_loop_close(&s->loop);
   event_free(s->last);
   for (event_t *e = s->ev_head; e;) {

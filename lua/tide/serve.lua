@@ -68,7 +68,8 @@ end
 -- opts: host ("127.0.0.1"), port (8080; 0 = any free port), api_key,
 -- max_body (1 MiB), max_header (16 KiB), timeout_ms (10000), max_conns
 -- (2048), name (model id), grace_s (5), engine = engine options
--- (max_batch_tokens, max_seqs, chunk, policy, preempt, prefix_cache).
+-- (max_batch_tokens, max_seqs, chunk, policy, preempt, prefix_cache, prefix_spill,
+-- speculative; see tide.engine).
 function M.new(model, opts)
   opts = opts or {}
   if not model.tokenizer then return nil, "serve: the model has no tokenizer" end
@@ -404,6 +405,18 @@ function Server:metrics_text()
   g("kv_sequences", "gauge", "Live KV sequences.", self.engine.kv:seq_count())
   g("prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", m.prefix_hit_tokens)
   g("prefix_cache_hit_rate", "gauge", "Prompt tokens served from the prefix cache / prompt tokens.", m.prefix_hit_rate)
+  if m.prefix_spilled_blocks then
+    g("prefix_spill_blocks_total", "counter", "Evicted prefix blocks written to disk (zstd).", m.prefix_spilled_blocks)
+    g("prefix_restored_blocks_total", "counter", "Prefix blocks read back from disk on a hit.", m.prefix_restored_blocks)
+    g("prefix_spill_bytes", "gauge", "Compressed bytes of prefix blocks on disk.", m.prefix_spill_bytes)
+    g("prefix_disk_hit_tokens_total", "counter", "Prompt tokens served from blocks restored from disk.",
+      m.prefix_disk_hit_tokens)
+  end
+  if self.engine.spec then
+    g("spec_drafted_total", "counter", "MTP draft tokens verified.", m.spec_drafted)
+    g("spec_accepted_total", "counter", "MTP draft tokens accepted.", m.spec_accepted)
+    g("spec_acceptance_rate", "gauge", "Accepted / drafted MTP tokens.", m.spec_acceptance)
+  end
   local bounds = require("tide.engine").BOUNDS
   for _, hh in ipairs({ { "time_to_first_token_seconds", "Time from arrival to the first token.", eng_h(self, "ttft") },
     { "inter_token_latency_seconds", "Time between consecutive tokens of a request.", eng_h(self, "itl") } }) do

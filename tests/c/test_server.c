@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -169,6 +170,60 @@ static void test_server_round_trip(void **state) {
   assert_int_not_equal(tide_server_start("not an address", 0, NULL, 1, 1, 1, 1, &s, &err), 0);
 }
 
+/* A client that vanishes while its stream is being written: the loop's
+ * writes fail with EPIPE/ECONNRESET on its own thread, the process (whose
+ * SIGPIPE stays at the default action, which would kill it) lives on, the
+ * engine hears that the request is gone, and the server's start left the
+ * process-wide SIGPIPE disposition untouched. */
+static void test_server_peer_gone_mid_stream(void **state) {
+  (void)state;
+  struct sigaction before, after;
+  assert_int_equal(sigaction(SIGPIPE, NULL, &before), 0);
+  assert_true(before.sa_handler == SIG_DFL);
+  tide_server_t *s = NULL;
+  tide_err_t err;
+  assert_int_equal(tide_server_start("127.0.0.1", 0, NULL, 1024, 4096, 5000, 16, &s, &err), 0);
+  assert_int_equal(sigaction(SIGPIPE, NULL, &after), 0);
+  assert_true(after.sa_handler == SIG_DFL);
+  int fd = dial(tide_server_port(s));
+  const char req[] = "GET /s HTTP/1.1\r\n\r\n";
+  assert_int_equal(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
+  int64_t id, bl, gone_id = -1;
+  const char *method, *path, *body;
+  int k = TIDE_SERVER_NONE;
+  for (int i = 0; i < 50 && k == TIDE_SERVER_NONE; i++) k = tide_server_poll(s, 100, &id, &method, &path, &body, &bl);
+  assert_int_equal(k, TIDE_SERVER_REQUEST);
+  assert_int_equal(tide_server_stream_start(s, id), 0);
+  /* reset the connection (no graceful close) and keep streaming into it */
+  struct linger lg = {1, 0};
+  assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+  close(fd);
+  static char chunk[256 * 1024];
+  memset(chunk, 'x', sizeof chunk);
+  for (int i = 0; i < 64 && gone_id < 0; i++) {
+    tide_server_stream_send(s, id, chunk, (int64_t)sizeof chunk);
+    k = tide_server_poll(s, 20, &gone_id, &method, &path, &body, &bl);
+    if (k != TIDE_SERVER_GONE) gone_id = -1;
+  }
+  assert_int_equal(gone_id, id);
+  /* still serving */
+  fd = dial(tide_server_port(s));
+  const char req2[] = "GET /t HTTP/1.1\r\nConnection: close\r\n\r\n";
+  assert_int_equal(write(fd, req2, sizeof req2 - 1), (ssize_t)(sizeof req2 - 1));
+  k = TIDE_SERVER_NONE;
+  for (int i = 0; i < 50 && k != TIDE_SERVER_REQUEST; i++) k = tide_server_poll(s, 100, &id, &method, &path, &body, &bl);
+  assert_int_equal(k, TIDE_SERVER_REQUEST);
+  assert_string_equal(path, "/t");
+  assert_int_equal(tide_server_respond(s, id, 200, "text/plain", "ok", 2), 0);
+  char buf[4096];
+  read_until_close(fd, buf, sizeof buf);
+  close(fd);
+  assert_non_null(strstr(buf, "HTTP/1.1 200"));
+  tide_server_free(s);
+  assert_int_equal(sigaction(SIGPIPE, NULL, &after), 0);
+  assert_true(after.sa_handler == SIG_DFL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_server_parse_whole_and_bytewise),
@@ -176,6 +231,7 @@ int main(void) {
       cmocka_unit_test(test_server_parse_limits_and_garbage),
       cmocka_unit_test(test_server_auth),
       cmocka_unit_test(test_server_round_trip),
+      cmocka_unit_test(test_server_peer_gone_mid_stream),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

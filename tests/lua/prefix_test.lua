@@ -143,4 +143,79 @@ function T.pressure_with_sharing_and_preemption()
   H.eq(mm:kv_cache():seq_count(), 0, "no live sequences")
 end
 
+-- Disk spill: with a small cache, a prompt's blocks are evicted by later
+-- requests and written to disk (zstd); the same prompt again brings them
+-- back (counted as hits and as disk hits), its output equals generate, and
+-- the files are gone after clear. Without the spill the same run hits
+-- nothing the second time. Corrupt files are dropped, never used.
+function T.spill_to_disk_and_restore()
+  local mm = assert(tide.load("models/dsv3-tiny", { kv = { blocks = 40 } }))
+  local text = io.open("tests/data/val.txt"):read("a")
+  local base = mm.tokenizer:encode(text, { add_special = true })
+  local function prompt(k)
+    local p = {}
+    for j = 1, 200 do p[j] = base[k * 300 + j] end
+    return p
+  end
+  local ref = key(assert(mm:generate(prompt(0), { max_tokens = 6, temperature = 0 })))
+  local ref1 = key(assert(mm:generate(prompt(1), { max_tokens = 6, temperature = 0 })))
+  local function files(dir)
+    local n = 0
+    local ph = io.popen("ls '" .. dir .. "'")
+    for line in ph:lines() do if line:match("^tide%-kv%-.*%.zst$") then n = n + 1 end end
+    ph:close()
+    return n
+  end
+  local hits = {}
+  for _, spill in ipairs({ false, true }) do
+    local dir = H.tmpdir()
+    local e = assert(E.new(mm, { max_batch_tokens = 256, prefix_cache = true,
+      prefix_spill = spill and { dir = dir } or nil }))
+    local r = assert(e:add({ ids = prompt(0), max_tokens = 6, temperature = 0 }))
+    e:run()
+    H.eq(key(r.out), ref, "first run")
+    for k = 1, 4 do
+      assert(e:add({ ids = prompt(k), max_tokens = 6, temperature = 0 }))
+      e:run()
+    end
+    local before = e.prefix.hit_tokens
+    local r2 = assert(e:add({ ids = prompt(0), max_tokens = 6, temperature = 0 }))
+    if spill then
+      H.truthy(e.prefix.spill.spilled >= 12, "blocks spilled: " .. e.prefix.spill.spilled)
+      H.truthy(files(dir) > 0, "files on disk")
+    end
+    e:run()
+    H.eq(key(r2.out), ref, "second run, spill " .. tostring(spill))
+    hits[spill] = e.prefix.hit_tokens - before
+    if spill then
+      local mt = e:metrics()
+      H.truthy(mt.prefix_restored_blocks >= 12, "restored " .. mt.prefix_restored_blocks)
+      H.truthy(mt.prefix_disk_hit_tokens >= 12 * 16, "disk hit tokens " .. mt.prefix_disk_hit_tokens)
+      H.truthy(mt.prefix_spill_bytes > 0 and mt.prefix_spill_bytes < 16 * mm.kv:bytes_per_token() * mt.prefix_spill_files,
+        "compressed below raw size")
+      -- a corrupt file is dropped (and recomputed), never read into the cache
+      local p1 = prompt(1)
+      local first = {}
+      for j = 1, 16 do first[j] = p1[j] end
+      local victim = e.prefix.map["0:" .. table.concat(first, ",")]
+      H.truthy(victim and victim.file, "the first block of prompt 1 is on disk")
+      local f = assert(io.open(victim.file, "wb"))
+      f:write("not zstd")
+      f:close()
+      victim.size = 8
+      local r3 = assert(e:add({ ids = prompt(1), max_tokens = 6, temperature = 0 }))
+      e:run()
+      H.eq(key(r3.out), ref1, "after a corrupt file")
+      H.truthy(e.prefix.spill.errors >= 1, "the corrupt file was noticed")
+    end
+    e.prefix:clear()
+    H.eq(files(dir), 0, "no files left")
+    H.eq(mm:kv_cache():free_blocks(), 40, "every block free again")
+    os.remove(dir)
+  end
+  H.eq(hits[false], 0, "without the spill the evicted prefix is gone")
+  H.truthy(hits[true] >= 192, "with the spill the prefix is a hit: " .. hits[true])
+  H.eq((E.new(mm, { prefix_cache = true, prefix_spill = { dir = "/nonexistent/x" } })), nil, "unwritable folder refused")
+end
+
 return T

@@ -104,10 +104,10 @@ end
 local KEY = "test-key-123"
 local AUTH = { "Authorization: Bearer " .. KEY }
 
-local function start_server(dir)
+local function start_server(dir, extra)
   local cmd = string.format("cd %s && (%s serve --model models/dsv3-tiny --port 0 --api-key %s --timeout-ms 1500 " ..
-    "--max-body 65536 --max-batch-tokens 64 > %s/out.log 2>&1 & echo $! > %s/pid; wait $!; echo $? > %s/exit) " ..
-    ">/dev/null 2>&1 &", H.q(os.getenv("PWD") or "."), H.q(H.tide), KEY, dir, dir, dir)
+    "--max-body 65536 --max-batch-tokens 64 %s > %s/out.log 2>&1 & echo $! > %s/pid; wait $!; echo $? > %s/exit) " ..
+    ">/dev/null 2>&1 &", H.q(os.getenv("PWD") or "."), H.q(H.tide), KEY, extra or "", dir, dir, dir)
   os.execute(cmd)
   for _ = 1, 400 do
     local f = io.open(dir .. "/out.log")
@@ -298,6 +298,49 @@ function T.serve_end_to_end()
     C.usleep(50000)
   end
   if not code then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
+  os.execute("rm -rf " .. H.q(dir))
+  if not ok then error(err, 0) end
+  H.eq(code, 0, "exit status after SIGTERM")
+end
+
+local function stop_server(dir, pid)
+  os.execute("kill -TERM " .. pid)
+  local code
+  for _ = 1, 200 do
+    local f = io.open(dir .. "/exit")
+    code = f and tonumber(f:read("a"))
+    if f then f:close() end
+    if code then break end
+    C.usleep(50000)
+  end
+  if not code then os.execute("kill -KILL " .. pid .. " 2>/dev/null") end
+  return code
+end
+
+-- `tide serve --speculative mtp --prefix-spill DIR`: greedy completions equal
+-- model:generate, /metrics reports drafts and the spill counters, clean exit.
+function T.serve_speculative_and_spill()
+  local dir = H.tmpdir()
+  os.execute("mkdir -p " .. H.q(dir .. "/spill"))
+  local port, pid = start_server(dir, "--speculative mtp --prefix-spill " .. H.q(dir .. "/spill"))
+  local ok, err = pcall(function()
+    local m = assert(tide.load("models/dsv3-tiny"))
+    for _, prompt in ipairs({ "The quick brown fox jumps over", "Once upon a time there was" }) do
+      local ids = m.tokenizer:encode(prompt, { add_special = true })
+      local ref = m.tokenizer:decode(assert(m:generate(ids, { max_tokens = 20, temperature = 0 })))
+      local st, body = request(port, "POST", "/v1/completions", cjson.encode({ prompt = prompt, max_tokens = 20,
+        temperature = 0 }), AUTH)
+      H.eq(st, 200, "completion: " .. body)
+      H.eq(cjson.decode(body).choices[1].text, ref, "speculative completion equals generate")
+    end
+    local st, body = request(port, "GET", "/metrics", nil, AUTH)
+    H.eq(st, 200, "metrics")
+    local drafted = tonumber(body:match("\ntide_spec_drafted_total (%d+)"))
+    H.truthy(drafted and drafted > 0, "drafts reported")
+    H.truthy(body:match("\ntide_spec_acceptance_rate [%d%.e%-]+"), "acceptance reported")
+    H.truthy(body:match("\ntide_prefix_spill_blocks_total %d+"), "spill counters reported")
+  end)
+  local code = stop_server(dir, pid)
   os.execute("rm -rf " .. H.q(dir))
   if not ok then error(err, 0) end
   H.eq(code, 0, "exit status after SIGTERM")

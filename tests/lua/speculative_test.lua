@@ -62,4 +62,66 @@ function T.rejection_rule_preserves_the_target()
   H.near(kept / n, 0.45, 0.006, "acceptance rate")
 end
 
+-- MTP speculation inside the batching engine (engine option speculative):
+-- every fixture prompt at once, greedy, with prefill chunks of 5 and of the
+-- whole prompt, prefix cache on and off: token for token the plain greedy
+-- output; drafts are made and some accepted; a sampled request in the same
+-- batch is left alone; no block leaks; models without MTP are refused.
+function T.engine_mtp_equals_plain_greedy()
+  local E = require "tide.engine"
+  local m = assert(tide.load("models/dsv3-tiny", { kv = { blocks = 96 } }))
+  local fx = cjson.decode(assert(io.open("tests/fixtures/dsv3-tiny.json")):read("a"))
+  local refs = {}
+  for i, p in ipairs(fx.public) do
+    refs[i] = assert(m:generate(p.ids, { max_tokens = #p.greedy, temperature = 0, ignore_eos = true }))
+  end
+  local drafted, accepted = 0, 0
+  for _, cfg in ipairs({ { chunk = 5, prefix_cache = false }, { chunk = 512, prefix_cache = true } }) do
+    local e = assert(E.new(m, { max_batch_tokens = 512, chunk = cfg.chunk, prefix_cache = cfg.prefix_cache,
+      speculative = { method = "mtp", k = 1 } }))
+    local rs = {}
+    for i, p in ipairs(fx.public) do
+      rs[i] = assert(e:add({ ids = p.ids, max_tokens = #p.greedy, temperature = 0, ignore_eos = true }))
+    end
+    local sampled = assert(e:add({ ids = fx.public[1].ids, max_tokens = 10, temperature = 0.9, seed = 5,
+      ignore_eos = true }))
+    e:run()
+    for i, p in ipairs(fx.public) do
+      H.same(rs[i].out, refs[i], "prompt " .. i .. " against plain greedy (chunk " .. cfg.chunk .. ")")
+      H.same(rs[i].out, p.greedy, "prompt " .. i .. " against the fixture")
+    end
+    H.eq(#sampled.out, 10, "the sampled request runs to its length")
+    local mt = e:metrics()
+    H.truthy(mt.spec_drafted > 0 and mt.spec_accepted > 0, "drafts accepted")
+    H.truthy(mt.spec_acceptance > 0 and mt.spec_acceptance < 1, "acceptance " .. mt.spec_acceptance)
+    H.eq(mt.spec_errors, 0, "no drafting errors")
+    drafted, accepted = drafted + mt.spec_drafted, accepted + mt.spec_accepted
+    -- fewer steps than tokens: accepted drafts emit two tokens in one step
+    H.truthy(mt.steps < mt.generated_tokens, string.format("%d steps for %d tokens", mt.steps, mt.generated_tokens))
+    if e.prefix then e.prefix:clear() end
+    H.eq(m:kv_cache():free_blocks(), 96, "every block free again")
+  end
+  -- the same through a short budget (one token: no draft used) and a stop id
+  local e = assert(E.new(m, { speculative = { method = "mtp" } }))
+  local p = fx.public[2]
+  local r1 = assert(e:add({ ids = p.ids, max_tokens = 1, temperature = 0, ignore_eos = true }))
+  local r2 = assert(e:add({ ids = p.ids, max_tokens = 24, temperature = 0, ignore_eos = true, stop_ids = { p.greedy[7] } }))
+  e:run()
+  H.same(r1.out, { p.greedy[1] }, "one token")
+  local want = {}
+  for j = 1, #p.greedy do
+    if p.greedy[j] == p.greedy[7] then break end
+    want[j] = p.greedy[j]
+  end
+  H.same(r2.out, want, "stops at the stop id")
+  H.eq(r2.finish_reason, "stop", "finish reason")
+  -- refusals
+  H.eq((E.new(m, { speculative = { method = "eagle" } })), nil, "unknown method")
+  H.eq((E.new(m, { speculative = { method = "mtp", k = 3 } })), nil, "k > 1")
+  local ll = assert(tide.load("models/llama-tiny"))
+  local none, ne = E.new(ll, { speculative = { method = "mtp" } })
+  H.eq(none, nil, "no MTP layer")
+  H.truthy(ne:match("MTP"), ne)
+end
+
 return T

@@ -18,6 +18,7 @@ local ffi = require "ffi"
 local Sampler = require "tide.sampler"
 local Policy = require "tide.engine.policy"
 local Prefix = require "tide.engine.prefix"
+local Spec = require "tide.engine.spec"
 local clock = require("tide.generate").clock
 
 local M = {}
@@ -38,7 +39,11 @@ end
 
 -- opts: max_batch_tokens (256), max_seqs (16), chunk (max prompt tokens of
 -- one request per step; default max_batch_tokens), policy ("fcfs" |
--- "priority" | function), preempt ("recompute" | "none"), prefix_cache (bool).
+-- "priority" | function), preempt ("recompute" | "none"), prefix_cache (bool),
+-- prefix_spill ({ dir = PATH, max_bytes = N, level = 3 }: evicted prefix
+-- blocks go to disk compressed with zstd and come back on a hit; see
+-- tide.engine.prefix), speculative ({ method = "mtp", k = 1 }: greedy
+-- requests draft with the model's MTP layer; see tide.engine.spec).
 function M.new(model, opts)
   opts = opts or {}
   local less, pe = Policy.get(opts.policy)
@@ -54,10 +59,20 @@ function M.new(model, opts)
     model = model, kv = kv, bs = kv.block_size, less = less, max_batch_tokens = mbt, max_seqs = ms,
     chunk = opts.chunk or mbt, preempt = preempt, waiting = {}, running = {}, by_id = {}, n_arrival = 0,
     stats = { requests = 0, finished = 0, prompt_tokens = 0, generated_tokens = 0, steps = 0, preemptions = 0,
-      batch_tokens = 0, batch_seqs = 0, errors = 0, cancelled = 0 },
+      batch_tokens = 0, batch_seqs = 0, errors = 0, cancelled = 0, spec_drafted = 0, spec_accepted = 0,
+      spec_errors = 0 },
     ttft = hist(), itl = hist(),
   }, Engine)
-  if opts.prefix_cache then self.prefix = Prefix.new(kv) end
+  if opts.prefix_cache then
+    local pc, ce = Prefix.new(kv, { spill = opts.prefix_spill })
+    if not pc then return nil, ce end
+    self.prefix = pc
+  end
+  if opts.speculative then
+    local sp, se = Spec.new(model, opts.speculative)
+    if not sp then return nil, se end
+    self.spec = sp
+  end
   return self
 end
 
@@ -115,6 +130,7 @@ function Engine:add(r)
   req.max_tokens, req.sampler, req.stop_ids, req.stops = max_tokens, sampler, stop_ids, stops
   req.priority = r.priority or 0
   req.lps = r.logprobs and {} or nil
+  req.spec = self.spec ~= nil and Spec.eligible(r)
   req.t_add = clock()
   self.by_id[req.id] = req
   self.stats.requests = self.stats.requests + 1
@@ -176,7 +192,7 @@ end
 
 local function preempt(self, req)
   self.kv:seq_free(req.seq)
-  req.seq, req.fed, req.reg = nil, 0, nil
+  req.seq, req.fed, req.reg, req.draft = nil, 0, nil, nil
   req.state = "waiting"
   remove(self.running, req)
   self.waiting[#self.waiting + 1] = req
@@ -223,6 +239,15 @@ function Engine:schedule()
   while i <= #self.running and budget > 0 and #plan < self.max_seqs do
     local req = self.running[i]
     local n = math.min(#req.all - req.fed, self.chunk, budget)
+    if req.draft then
+      -- a decode with a draft takes two rows: [t_L, draft]
+      if n == 1 and budget >= 2 and self.chunk >= 2 and #req.out + 2 <= req.max_tokens
+        and kv:seq_len(req.seq) + 2 <= self.model.max_ctx then
+        n = 2
+      else
+        req.draft = nil
+      end
+    end
     local need = blocks_needed(self, req, n)
     while need > avail and self.preempt == "recompute" and #self.running > i do
       local victim = self.running[#self.running]
@@ -230,6 +255,10 @@ function Engine:schedule()
       preempt(self, victim)
       avail = avail_now()
       if freed == 0 then break end
+    end
+    if need > avail and n == 2 and req.draft then
+      req.draft, n = nil, 1
+      need = blocks_needed(self, req, n)
     end
     if need <= avail then
       plan[#plan + 1] = { req, n }
@@ -316,6 +345,11 @@ local function sample(self, req, row)
   return true
 end
 
+-- Prefix-cache registration of the blocks a request has stored.
+local function register(self, req)
+  if self.prefix and req.seq then self.prefix:insert(req.all, self.kv:seq_table(req.seq), req.fed, req.reg) end
+end
+
 -- One scheduler step. Returns the number of tokens run (0: nothing to do).
 function Engine:step()
   local plan = self:schedule()
@@ -329,14 +363,26 @@ function Engine:step()
     return 0
   end
   local seqs, toks, n_tok = {}, {}, 0
+  local spec, any_spec = self.spec, false
   for i, p in ipairs(plan) do
     local req, n = p[1], p[2]
     local t = {}
-    for j = 1, n do t[j] = req.all[req.fed + j] end
+    if req.draft and n == #req.all - req.fed + 1 then
+      p.drafted = true
+      t[1], t[2] = req.all[req.fed + 1], req.draft
+    else
+      for j = 1, n do t[j] = req.all[req.fed + j] end
+    end
+    if req.spec then any_spec = true end
     seqs[i], toks[i] = req.seq, t
     n_tok = n_tok + n
   end
-  local logits, e = self.model:step(seqs, toks, "last", REUSE)
+  local sopts = REUSE
+  if spec and any_spec then
+    spec.step_opts = spec.step_opts or { reuse = true, on_hidden = spec:hook() }
+    sopts = spec.step_opts
+  end
+  local logits, e = self.model:step(seqs, toks, "last", sopts)
   if not logits then
     for _, p in ipairs(plan) do fail(self, p[1], e) self:finish(p[1]) end
     return 0
@@ -345,17 +391,67 @@ function Engine:step()
   st.steps, st.batch_tokens, st.batch_seqs = st.steps + 1, st.batch_tokens + n_tok, st.batch_seqs + #plan
   local V = self.model.n_vocab
   local base = ffi.cast("float*", logits._p.data)
-  local done = {}
+  -- rows of t_L of the drafted requests: their logits, one GEMM
+  local vbase, vrow
+  if spec and any_spec then
+    local rows, off = {}, 0
+    vrow = {}
+    for i, p in ipairs(plan) do
+      if p.drafted then
+        rows[#rows + 1] = off
+        vrow[i] = #rows - 1
+      end
+      off = off + p[2]
+    end
+    if #rows > 0 then vbase = spec:row_logits(rows) end
+  end
+  local done, items, want = {}, spec and any_spec and {} or nil, {}
+  local row0 = 0
   for i, p in ipairs(plan) do
     local req, n = p[1], p[2]
-    req.fed = req.fed + n
+    local fed0 = req.fed
     if req.state ~= "done" then
-      if self.prefix then
-        self.prefix:insert(req.all, self.kv:seq_table(req.seq), req.fed, req.reg)
+      if p.drafted then
+        local d = req.draft
+        req.draft = nil
+        st.spec_drafted = st.spec_drafted + 1
+        req.fed = req.fed + 1 -- t_L is stored
+        local go = sample(self, req, vbase + vrow[i] * V)
+        if go and req.all[#req.all] == d then
+          st.spec_accepted = st.spec_accepted + 1
+          req.fed = req.fed + 1 -- and so is the draft
+          register(self, req)
+          go = sample(self, req, base + (i - 1) * V)
+        else
+          if req.state ~= "done" then self.kv:seq_truncate(req.seq, req.fed) end
+          register(self, req)
+        end
+        if not go then done[#done + 1] = req end
+      else
+        req.fed = req.fed + n
+        register(self, req)
+        if req.fed == #req.all then
+          if not sample(self, req, base + (i - 1) * V) then done[#done + 1] = req end
+        end
       end
-      if req.fed == #req.all then
-        if not sample(self, req, base + (i - 1) * V) then done[#done + 1] = req end
+    end
+    if items and req.spec and req.state ~= "done" and req.seq and #req.all > req.fed then
+      local go_on = true
+      for _, r in ipairs(done) do if r == req then go_on = false break end end
+      if go_on then
+        items[#items + 1] = { req, row0, fed0, req.fed - fed0 }
+        -- a draft is wanted when the next step decodes
+        if #req.all == req.fed + 1 then want[req] = true end
       end
+    end
+    row0 = row0 + n
+  end
+  if items and #items > 0 then
+    local ok, de = spec:draft(items, want)
+    if not ok then
+      st.spec_errors = st.spec_errors + 1
+      self.spec_error = de
+      for _, it in ipairs(items) do it[1].draft = nil end
     end
   end
   for _, req in ipairs(done) do if req.state ~= "done" then self:finish(req) end end
@@ -372,6 +468,8 @@ function Engine:run(max_steps)
   end
 end
 
+local function st_rate(a, b) return b > 0 and a / b or 0 end
+
 -- Counters for /metrics.
 function Engine:metrics()
   local kv = self.kv
@@ -384,6 +482,13 @@ function Engine:metrics()
   m.prefix_hit_tokens = self.prefix and self.prefix.hit_tokens or 0
   m.prefix_query_tokens = self.prefix and self.prefix.query_tokens or 0
   m.prefix_hit_rate = self.prefix and self.prefix:hit_rate() or 0
+  m.spec_acceptance = st_rate(self.stats.spec_accepted, self.stats.spec_drafted)
+  if self.prefix and self.prefix.spill then
+    local sp = self.prefix.spill
+    m.prefix_spilled_blocks, m.prefix_restored_blocks = sp.spilled, sp.restored
+    m.prefix_spill_bytes, m.prefix_spill_files = sp.bytes, sp.n_files
+    m.prefix_disk_hit_tokens = self.prefix.disk_hit_tokens
+  end
   return m
 end
 
