@@ -1,68 +1,298 @@
--- Planner vs measurement on this machine (issue 9, acceptance 1, partial):
--- calibrate (tide.cmd.calibrate.measure), then time the engine's own steps
--- (prefill of P tokens; decode at batch 1, 8, 32 after a 32-token prompt per
--- sequence) and predict the same steps with `tide.plan` on the measured
--- profile, in one run. One TSV line per case with predicted / measured.
---   tide run bench/plan_calibrate.lua [MODEL_DIR ...]     (default: models/llama-tiny models/dsv3-tiny)
--- For the acceptance shapes: tide synth --preset llama-1b --out /tmp/llama-1b, then pass /tmp/llama-1b.
-local tide = require "tide"
-local T = require "tide.tensor"
-local plan = require "tide.plan"
-local cal = require "tide.cmd.calibrate"
-
-local dirs = {}
-for i = 1, #(arg or {}) do dirs[#dirs + 1] = arg[i] end
-if #dirs == 0 then dirs = { "models/llama-tiny", "models/dsv3-tiny" } end
-local P = 512
-
-local hw = cal.measure({})
-print(string.format("# profile: memory %.1f GB/s, GEMM f32 %.1f / bf16 %.1f GFLOP/s, op %.2f us", hw.mem.bw / 1e9,
-  (hw.peak.f32 or 0) / 1e9, (hw.peak.bf16 or 0) / 1e9, hw.op_overhead * 1e6))
-print("model\tcase\tmeasured_ms\tpredicted_ms\tratio")
-
-local function median(t) table.sort(t) return t[math.ceil(#t / 2)] end
-
-for _, dir in ipairs(dirs) do
-  local m = assert(tide.load(dir, { mla = "absorb", kv = { seqs = 40 }, max_ctx = 1024 }))
-  local wd = m.arch.lm_head.weight:dtype()
-  local recipe = { model = dir, mla = "absorb", quant = { weights = wd, kv = "f32", act = "f32" }, parallel = { ep = 1 } }
-  local kv = m:kv_cache()
-  -- prefill P tokens, one sequence
-  local times = {}
-  for r = 1, 3 do
-    local s = assert(kv:seq_new())
-    local toks = {}
-    for i = 1, P do toks[i] = (i * 37) % 4000 + 3 end
-    local t0 = T.now()
-    assert(m:step({ s }, { toks }, "last"))
-    times[r] = T.now() - t0
-    kv:seq_free(s)
-  end
-  local pr = assert(plan.evaluate(recipe, { hardware = hw, phase = "prefill", batch = P,
-    workload = { input = { mean = P, cv = 0 }, output = { mean = 1, cv = 0 }, prefix_hit = 0 } })).prefill
-  local meas = median(times)
-  print(string.format("%s\tprefill%d\t%.3f\t%.3f\t%.2f", dir, P, meas * 1e3, pr.step * 1e3, pr.step / meas))
-  for _, B in ipairs({ 1, 8, 32 }) do
-    local seqs, toks = {}, {}
-    for i = 1, B do
-      seqs[i] = assert(kv:seq_new())
-      local p = {}
-      for j = 1, 32 do p[j] = (i * 131 + j * 17) % 4000 + 3 end
-      toks[i] = p
-    end
-    assert(m:step(seqs, toks, "last"))
-    local one = {}
-    for i = 1, B do one[i] = { 5 } end
-    local dt = {}
-    for r = 1, 7 do
-      local t0 = T.now()
-      assert(m:step(seqs, one, "last"))
-      dt[r] = T.now() - t0
-    end
-    for i = 1, B do kv:seq_free(seqs[i]) end
-    local dr = assert(plan.evaluate(recipe, { hardware = hw, phase = "decode", batch = B,
-      workload = { input = { mean = 36, cv = 0 }, output = { mean = 1, cv = 0 }, kv_len = 36 } })).decode
-    local mm = median(dt)
-    print(string.format("%s\tdecode_b%d\t%.3f\t%.3f\t%.2f", dir, B, mm * 1e3, dr.step * 1e3, dr.step / mm))
+-- Planner vs measurement on this machine (issue 9, acceptance 1), in one run:
+--   1. per synthetic preset (tide synth: llama-1b, dsv3-moe-1b; written once to
+--      DIR/tide-plan-PRESET), single process: for each case (prefill of P tokens;
+--      decode at batch 1, 8, 32 after 32-token prompts) kernel microbenchmarks
+--      at the shape classes the model's cost walk asks for (tide.plan.calib:
+--      GEMM rate by weight shape at the rows it runs at, grouped experts per
+--      hit, attention per call + rate, op call overhead, streaming bandwidth),
+--      one round before each timed step of the engine (the box is shared and
+--      its load drifts), medians; then the step predicted by tide.plan from
+--      that profile;
+--   2. dsv3-moe-1b under MPI, R ranks of EP (mpirun --oversubscribe, one thread
+--      per rank, DP-attention: each rank steps its own batch): one-thread
+--      microbenchmarks here before and after the job; inside the job the
+--      all-to-all latency and bandwidth and an oversubscription probe (the same
+--      fixed GEMM / streaming work alone vs in all ranks at once; --modelled
+--      uses R / cores and the bandwidth model instead); the same steps per rank.
+-- Step times are never used to set the profile. Prints one JSON line per case
+-- ({"bench":"plan_calibrate", ..., "predicted_ms", "measured_ms", "ratio"}) and a table.
+--
+--   tide run bench/plan_calibrate.lua [--presets llama-1b,dsv3-moe-1b] [--ranks 4] [--no-mpi]
+--        [--prefill 512] [--batches 1,8,32] [--reps 3] [--dir /tmp] [--threads N] [--save FILE]
+--        [--explain] [--modelled] [--quick]
+local opts = { presets = "llama-1b,dsv3-moe-1b", ranks = 4, prefill = 512, batches = "1,8,32", reps = 3,
+  dir = "/tmp", threads = 0, worker = nil, ["no-mpi"] = false, quick = false, save = nil, explain = false, modelled = false }
+do
+  local i = 1
+  while arg and arg[i] do
+    local k = arg[i]:gsub("^%-%-", "")
+    if opts[k] == false then opts[k] = true; i = i + 1
+    elseif opts[k] ~= nil or k == "worker" or k == "save" then opts[k] = arg[i + 1]; i = i + 2
+    else error("plan_calibrate: unknown option " .. arg[i]) end
   end
 end
+local P, REPS = tonumber(opts.prefill), tonumber(opts.reps)
+local BATCHES = {}
+for b in tostring(opts.batches):gmatch("%d+") do BATCHES[#BATCHES + 1] = tonumber(b) end
+
+local T = require "tide.tensor"
+local calib = require "tide.plan.calib"
+local median = calib.median
+local PROMPT = 32
+
+local function model_dir(preset) return opts.dir .. "/tide-plan-" .. preset end
+
+local function ensure_model(preset)
+  local d = model_dir(preset)
+  local f = io.open(d .. "/config.json")
+  if f then f:close() return d end
+  local S = require "tide.synth"
+  assert(S.write({ preset = preset, out = d, seed = 1 }))
+  return d
+end
+
+-- The engine's steps on model m (its own sequences; sync() runs before each
+-- timed step: a barrier under MPI). Medians over REPS.
+local function measure_prefill(m, sync, salt, between)
+  local kv = m:kv_cache()
+  local ts = {}
+  for r = 1, REPS do
+    local s = assert(kv:seq_new())
+    local toks = {}
+    for i = 1, P do toks[i] = (i * 37 + salt * 7919 + r) % 8000 + 3 end
+    if between then between(r) end
+    sync()
+    local t0 = T.now()
+    assert(m:step({ s }, { toks }, "last"))
+    ts[r] = T.now() - t0
+    kv:seq_free(s)
+  end
+  return median(ts)
+end
+
+-- decode at batch B after PROMPT-token prompts (REPS + 2 timed steps)
+local function measure_decode(m, B, sync, salt, between)
+  local kv = m:kv_cache()
+  local seqs, toks = {}, {}
+  for i = 1, B do
+    seqs[i] = assert(kv:seq_new())
+    local p = {}
+    for j = 1, PROMPT do p[j] = (i * 131 + j * 17 + salt * 7919) % 8000 + 3 end
+    toks[i] = p
+  end
+  sync()
+  assert(m:step(seqs, toks, "last"))
+  local dt = {}
+  for r = 1, REPS + 2 do
+    local one = {}
+    for i = 1, B do one[i] = { (i * 29 + r * 7 + salt) % 8000 + 3 } end
+    if between then between(r) end
+    sync()
+    local t0 = T.now()
+    assert(m:step(seqs, one, "last"))
+    dt[r] = T.now() - t0
+  end
+  for i = 1, B do kv:seq_free(seqs[i]) end
+  return median(dt)
+end
+
+local function measure_steps(m, sync, salt)
+  local out = { prefill = measure_prefill(m, sync, salt), decode = {} }
+  for _, B in ipairs(BATCHES) do out.decode[B] = measure_decode(m, B, sync, salt) end
+  return out
+end
+
+local function load(dir, kvseqs)
+  local tide = require "tide"
+  return assert(tide.load(dir, { kv = { seqs = kvseqs }, max_ctx = math.max(P, PROMPT + REPS + 4) + 16 }))
+end
+
+-- ---- the MPI worker (one rank of the EP job) -------------------------------------------
+
+if opts.worker then
+  local comm = require "tide.comm"
+  local res = assert(comm.launch(function(c)
+    local ffi = require "ffi"
+    local ep = require "tide.parallel.ep"
+    T.set_threads(1)
+    local m = load(opts.worker, math.max(BATCHES[#BATCHES], 1) + 2)
+    assert(ep.apply(m, c, {}))
+    local n = c:size()
+    -- all-to-all microbenchmark: alltoallv of `b` bytes to each peer
+    local function a2a(b)
+      local sb, rb = ffi.new("uint8_t[?]", b * n), ffi.new("uint8_t[?]", b * n)
+      local cnt = {}
+      for i = 1, n do cnt[i] = b end
+      local ts = {}
+      for r = 1, 25 do
+        c:barrier()
+        local t0 = T.now()
+        assert(c:alltoallv(sb, cnt, rb, cnt))
+        ts[r] = T.now() - t0
+      end
+      return median(ts)
+    end
+    -- the oversubscription probe, all ranks at once (tide.plan.calib.probe)
+    c:barrier()
+    local pc, ps = calib.probe("bf16")
+    local pm = c:allreduce_table({ pc, ps }, "sum")
+    local t_small, big = a2a(64), 256 * 1024
+    local t_big = a2a(big)
+    local lat = t_small
+    local bw = big * (n - 1) / math.max(t_big - t_small, 1e-9)
+    local steps = measure_steps(m, function() c:barrier() end, c:rank() + 1)
+    -- the step of the job is the slowest rank's
+    local vals = { steps.prefill }
+    for _, B in ipairs(BATCHES) do vals[#vals + 1] = steps.decode[B] end
+    local mx = c:allreduce_table(vals, "max")
+    local s = string.format('{"latency":%.9g,"bw":%.9g,"probe_compute":%.9g,"probe_stream":%.9g,"prefill":%.9g', lat, bw,
+      pm[1] / n, pm[2] / n, mx[1])
+    for i, B in ipairs(BATCHES) do s = s .. string.format(',"b%d":%.9g', B, mx[i + 1]) end
+    return s .. "}"
+  end, {}))
+  if res[1] then print("EPRESULT " .. res[1]) end
+  return 0
+end
+
+-- ---- the driver ---------------------------------------------------------------------
+
+local plan = require "tide.plan"
+local C = require("tide.ffi").C
+local cores = tonumber(C.tide_pool_cpu_count())
+local threads = tonumber(opts.threads) > 0 and tonumber(opts.threads) or (tonumber(os.getenv("TIDE_THREADS") or "") or cores)
+local rows = {}
+local function log(s) io.stderr:write("# ", s, "\n") end
+
+local function recipe_for(dir, wd, ep)
+  return { model = dir, mla = "auto", prefill_mla = "auto",
+    quant = { weights = wd, kv = "f32", act = "f32", dispatch = "f32", combine = "f32" }, parallel = { ep = ep } }
+end
+local function cases()
+  local c = { { phase = "prefill", batch = P, name = "prefill" .. P,
+    workload = { input = { mean = P, cv = 0 }, output = { mean = 1, cv = 0 }, prefix_hit = 0 } } }
+  for _, B in ipairs(BATCHES) do
+    -- decode steps run at KV lengths PROMPT+1 .. PROMPT+REPS+2
+    c[#c + 1] = { phase = "decode", batch = B, name = "decode_b" .. B,
+      workload = { input = { mean = PROMPT, cv = 0 }, output = { mean = 1, cv = 0 }, kv_len = PROMPT + 1 + (REPS + 2) / 2 } }
+  end
+  return c
+end
+
+local function predict(recipe, hw, c)
+  local r = assert(plan.evaluate(recipe, { hardware = hw, phase = c.phase, batch = c.batch, workload = c.workload }))
+  return r[c.phase]
+end
+
+local saved = {}
+local function report(preset, mode, c, pred, meas)
+  if opts.explain then print(require("tide.cmd.plan").explain(pred)) end
+  local row = { preset = preset, mode = mode, case = c.name, predicted = pred.step, measured = meas,
+    ops = calib.op_count(pred) }
+  rows[#rows + 1] = row
+  print(string.format('{"bench":"plan_calibrate","preset":"%s","mode":"%s","case":"%s","threads":%d,"ops_per_step":%d,'
+    .. '"predicted_ms":%.3f,"measured_ms":%.3f,"ratio":%.3f}', preset, mode, c.name, mode == "single" and threads or 1,
+    row.ops, pred.step * 1e3, meas * 1e3, pred.step / meas))
+  io.stdout:flush()
+end
+
+T.set_threads(threads)
+log(string.format("%d cores, %d threads (single process), %d ranks under MPI", cores, threads, opts.ranks))
+local moe_dir
+for preset in opts.presets:gmatch("[^,]+") do
+  local dir = ensure_model(preset)
+  local m = load(dir, math.max(BATCHES[#BATCHES], 1) + 2)
+  local wd = m.arch.lm_head.weight:dtype()
+  local recipe = recipe_for(dir, wd, 1)
+  local cs = cases()
+  -- per case: microbenchmarks at the shape classes and rows this case uses,
+  -- interleaved with the timed steps (one round before each step: a shared
+  -- machine's load drifts), medians of both; then the prediction
+  for _, c in ipairs(cs) do
+    local need = calib.needs(recipe, { c })
+    local mo = { threads = threads, dtype = wd, reps = 1, quick = opts.quick, per_shape = true,
+      mgrid = calib.bracket(need.ms), rpe = calib.bracket(need.rpe) }
+    log(string.format("%s %s: microbenchmarks (%d threads; rows %s) interleaved with the steps", preset, c.name, threads,
+      table.concat(mo.mgrid, ",")))
+    local profs = {}
+    local function between(r)
+      mo.log = (r == 1) and log or nil
+      profs[#profs + 1] = calib.measure(need, mo)
+    end
+    local meas = c.phase == "prefill" and measure_prefill(m, function() end, 0, between)
+      or measure_decode(m, c.batch, function() end, 0, between)
+    local hw = calib.profile(calib.median_merge(profs))
+    saved[preset .. "/single/" .. c.name] = hw
+    report(preset, "single", c, predict(recipe, hw, c), meas)
+  end
+  if m.arch.layers[#m.arch.layers].moe then moe_dir = { dir = dir, wd = wd, preset = preset } end
+  m:free()
+  collectgarbage()
+end
+
+-- EP under MPI
+local R = tonumber(opts.ranks)
+local function have_mpirun() return os.execute("command -v mpirun >/dev/null 2>&1") == 0 end
+if moe_dir and not opts["no-mpi"] and R > 1 and have_mpirun() then
+  local recipe = recipe_for(moe_dir.dir, moe_dir.wd, R)
+  local cs = cases()
+  log(moe_dir.preset .. ": calibrating one thread (for " .. R .. " single-threaded ranks)")
+  local need = calib.needs(recipe, cs)
+  local mo = { threads = 1, dtype = moe_dir.wd, reps = REPS, log = log, quick = opts.quick, per_shape = true,
+    mgrid = calib.bracket(need.ms), rpe = calib.bracket(need.rpe) }
+  local prof1 = calib.measure(need, mo)
+  local bw1, bw_all = calib.bandwidth_pair(moe_dir.wd, cores, 1, opts.quick)
+  T.set_threads(1)
+  local pc1, ps1 = calib.probe("bf16", opts.quick)
+  log(string.format("matvec stream: 1 thread %.1f GB/s, %d threads %.1f GB/s", bw1 / 1e9, cores, bw_all / 1e9))
+  local exe = arg[-1] or "tide"
+  local cmd = string.format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np %d %s run %s"
+    .. " --worker %s --prefill %d --batches %s --reps %d 2>&1", R, exe, arg[0] or "bench/plan_calibrate.lua",
+    moe_dir.dir, P, opts.batches, REPS)
+  log("running: " .. cmd)
+  local p = io.popen(cmd)
+  local outp = p:read("*a")
+  p:close()
+  -- the same microbenchmarks again after the job, merged with the first
+  mo.log = nil
+  local prof = calib.merge(prof1, calib.measure(need, mo))
+  local b1b, bab = calib.bandwidth_pair(moe_dir.wd, cores, 1, opts.quick)
+  bw1, bw_all = math.sqrt(bw1 * b1b), math.sqrt(bw_all * bab)
+  T.set_threads(1)
+  local pc2, ps2 = calib.probe("bf16", opts.quick)
+  local pc_alone, ps_alone = math.sqrt(pc1 * pc2), math.sqrt(ps1 * ps2)
+  local js = outp:match("EPRESULT (%b{})")
+  if not js then
+    io.stderr:write(outp, "\nplan_calibrate: the MPI job gave no result\n")
+  else
+    local res = require("cjson").decode(js)
+    log(string.format("all-to-all among %d ranks: latency %.1f us, %.2f GB/s per rank", R, res.latency * 1e6, res.bw / 1e9))
+    local over = { compute = res.probe_compute / pc_alone, stream = res.probe_stream / ps_alone }
+    log(string.format("oversubscription measured by the probe: compute x%.2f, streaming x%.2f (%d ranks / %d cores = %.2f;"
+      .. " the modelled streaming factor would be x%.2f)", over.compute, over.stream, R, cores, R / cores,
+      R / cores * bw1 / (bw_all / cores)))
+    local hw = calib.profile(prof, { ranks = R, cores = cores, a2a = { latency = res.latency, bw = res.bw },
+      bw1 = bw1, bw_all = bw_all, oversub = opts.modelled and nil or over })
+    saved[moe_dir.preset .. "/ep" .. R] = hw
+    for _, c in ipairs(cs) do
+      local meas = c.phase == "prefill" and res.prefill or res["b" .. c.batch]
+      report(moe_dir.preset, "ep" .. R .. "-mpi", c, predict(recipe, hw, c), meas)
+    end
+  end
+end
+
+if opts.save then
+  local f = assert(io.open(opts.save, "w"))
+  f:write("-- profiles measured by bench/plan_calibrate.lua\nreturn ", require("tide.cmd.calibrate").serialize(saved), "\n")
+  f:close()
+end
+print(string.format("\n%-12s %-9s %-11s %6s %12s %12s %7s", "preset", "mode", "case", "ops", "measured ms", "predicted ms",
+  "ratio"))
+local worst = 0
+for _, r in ipairs(rows) do
+  local ratio = r.predicted / r.measured
+  worst = math.max(worst, math.abs(ratio - 1))
+  print(string.format("%-12s %-9s %-11s %6d %12.2f %12.2f %7.2f", r.preset, r.mode, r.case, r.ops, r.measured * 1e3,
+    r.predicted * 1e3, ratio))
+end
+print(string.format("worst |predicted/measured - 1| = %.1f%% over %d cases (target 20%%)", 100 * worst, #rows))
+return 0

@@ -7,5 +7,6 @@ return {
   intra = { bw = 450e9, latency = 3e-6 },                   -- NVLink 4: 900 GB/s bidirectional
   inter = { bw = 50e9, latency = 5e-6 },                    -- 400 Gb/s IB NDR per GPU
   eff_from = "h800",
+  sms = 132, comm_sms = 24, -- SXM5 Hopper: 132 SMs; DeepEP normal kernels reserve 24 (see h800.lua)
   price = 2.5,
 }

@@ -9,5 +9,8 @@ return {
   intra = { bw = 450e9, latency = 3e-6 },
   inter = { bw = 50e9, latency = 5e-6 },   -- 400 Gb/s NIC per GPU
   eff_from = "h800",
+  -- 78 SMs (not in NVIDIA's datasheet; reported by Geekbench 6 listings of the H20);
+  -- DeepEP's normal kernels reserve 24 of them as on H800 (see h800.lua)
+  sms = 78, comm_sms = 24,
   price = 1.2,
 }

@@ -31,5 +31,10 @@ return {
       dispatch = { [8] = 77e-6, [16] = 118e-6, [32] = 155e-6, [64] = 173e-6, [128] = 192e-6, [256] = 194e-6 },
       combine = { [8] = 114e-6, [16] = 195e-6, [32] = 273e-6, [64] = 314e-6, [128] = 369e-6, [256] = 360e-6 } },
   },
+  -- 132 SMs on H800/H100 SXM5 (NVIDIA Hopper architecture whitepaper: "132 SMs" on
+  -- the SXM5 part). DeepEP's normal (NVLink/RDMA) kernels run on SMs: its README's
+  -- usage example reserves 24 of them (`Buffer.set_num_sms(24)`); the low-latency
+  -- kernels overlap through a receiving hook and take no SM (same README).
+  sms = 132, comm_sms = 24,
   price = 2.0, -- $ per GPU-hour (DeepSeek's day-6 assumption)
 }

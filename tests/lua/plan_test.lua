@@ -190,6 +190,7 @@ function T.calibrate_writes_a_loadable_profile()
   local cal = require "tide.cmd.calibrate"
   local prof = cal.measure({ quick = true })
   H.truthy(prof.mem.bw > 0 and prof.peak.f32 > 0 and prof.op_overhead > 0, "measured rates are positive")
+  H.truthy(next(prof.cpu.gemm.bf16) ~= nil and next(prof.cpu.attn) ~= nil, "GEMM and attention tables")
   local dir = H.tmpdir()
   local path = dir .. "/local.lua"
   local f = assert(io.open(path, "w"))
@@ -211,6 +212,138 @@ function T.cli_plan_and_slo()
   H.fails("unknown SLO", P.parse_slo("foo=1"))
   local out = H.sh(H.q(require("tide.cli").progname) .. " plan recipes/dsv3-tiny-ep4.lua --hardware h100 --explain")
   H.truthy(out:match("decode on h100") and out:match("attn%.core") and out:match("bound"), "plan --explain output")
+end
+
+-- ---- calibrated CPU profiles (acceptance 1) ------------------------------------------
+
+function T.calib_needs_collects_the_models_shape_classes()
+  local calib = require "tide.plan.calib"
+  local r = { model = "models/dsv3-tiny", mla = "auto", prefill_mla = "auto",
+    quant = { weights = "bf16", kv = "f32", act = "f32" }, parallel = { ep = 1 } }
+  local cases = { { phase = "decode", batch = 2, workload = { input = { mean = 8, cv = 0 }, output = { mean = 1, cv = 0 } } },
+    { phase = "prefill", batch = 64, workload = { input = { mean = 64, cv = 0 }, output = { mean = 1, cv = 0 } } } }
+  local need = calib.needs(r, cases)
+  local cfg = assert(plan.model_config(r))
+  local have = {}
+  for _, g in ipairs(need.gemm) do have[g.n .. "x" .. g.k] = true end
+  local D = cfg.hidden_size
+  H.truthy(have[cfg.q_lora_rank .. "x" .. D], "q_a shape class")
+  H.truthy(have[cfg.vocab_size .. "x" .. D], "lm_head shape class")
+  H.eq(#need.experts, 1, "one grouped-expert class")
+  H.eq(need.experts[1].E, cfg.n_routed_experts, "experts per layer")
+  H.eq(need.experts[1].inter, cfg.moe_intermediate_size, "expert inter")
+  -- absorbed decode (latent K, V = its first kv_lora_rank) and naive prefill (per-head K, V)
+  local lat, naive = false, false
+  for _, a in ipairs(need.attn) do
+    if a.nkv == 1 and a.v_from_k == cfg.kv_lora_rank then lat = true end
+    if a.nkv == cfg.num_attention_heads and a.v == cfg.v_head_dim then naive = true end
+  end
+  H.truthy(lat and naive, "both MLA attention layouts")
+  -- EP: the experts run as per-slot MLPs, so their GEMM shapes are asked for
+  r.parallel.ep = 4
+  local need4 = calib.needs(r, cases)
+  H.eq(#need4.experts, 0, "no grouped kernel under EP")
+  local h4 = {}
+  for _, g in ipairs(need4.gemm) do h4[g.n .. "x" .. g.k] = true end
+  H.truthy(h4[cfg.moe_intermediate_size .. "x" .. D] and h4[D .. "x" .. cfg.moe_intermediate_size], "per-slot expert GEMMs")
+end
+
+-- a hand-made calibrated profile: each op's time is checked against the formula
+local function toy_cpu(ranks, cores)
+  local calib = require "tide.plan.calib"
+  local prof = { threads = 1, dtype = "bf16", op_overhead = 2e-6, elt_bw = 10e9, bw = 20e9,
+    gemm = { bf16 = { ["64 x 32"] = { [1] = 1e9, [16] = 16e9 } } },
+    experts = { bf16 = { ["32 x 16"] = { [1] = 1e-4, [4] = 2e-4 } } },
+    attn = { ["4/1/8/8"] = { per_call = 5e-6, rate = 4e9, rate_decode = 1e9 } } }
+  return calib.profile(prof, { ranks = ranks, cores = cores, bw1 = 20e9, bw_all = 30e9 })
+end
+
+function T.cpu_profile_times_ops_from_measured_tables()
+  local hw = toy_cpu()
+  local g = { kind = "gemm", m = 4, n = 64, k = 32, flops = 2 * 4 * 64 * 32, w_bytes = 64 * 32 * 2, a_bytes = 0, kv_bytes = 0 }
+  -- rate log-interpolated between m = 1 (1 GFLOP/s) and m = 16 (16 GFLOP/s): 4 GFLOP/s at m = 4
+  H.near(hwmod.op_time(hw, g, "bf16"), g.flops / 4e9, 1e-12, "GEMM at m=4")
+  local far = { kind = "gemm", m = 16, n = 70, k = 30, flops = 1e6, w_bytes = 0, a_bytes = 0, kv_bytes = 0 }
+  H.near(hwmod.op_time(hw, far, "bf16"), 1e6 / 16e9, 1e-12, "unknown shape: nearest class")
+  local e = { kind = "gemm", grouped = true, m = 8, n = 48, k = 32, experts = 4, flops = 1, w_bytes = 0, a_bytes = 0,
+    kv_bytes = 0 }
+  -- 2 rows per hit: sqrt(1e-4 * 2e-4) per hit (log-log halfway), 4 hits
+  H.near(hwmod.op_time(hw, e, "bf16"), 4 * math.sqrt(2e-8), 1e-12, "grouped experts per hit")
+  local a = { kind = "attn", heads = 4, qk_dim = 8, v_dim = 8, kv_row = 16, flops = 4e6, q_per_seq = 1, w_bytes = 0,
+    a_bytes = 0, kv_bytes = 0 }
+  -- GQA 4 heads, 1 KV head of 8 + 8: decode-like rate
+  H.near(hwmod.op_time(hw, a, "bf16"), 5e-6 + 4e6 / 1e9, 1e-12, "attention, decode-like")
+  a.q_per_seq = 64
+  H.near(hwmod.op_time(hw, a, "bf16"), 5e-6 + 4e6 / 4e9, 1e-12, "attention, prefill-like")
+  local x = { kind = "elt", flops = 0, w_bytes = 0, a_bytes = 1e6, kv_bytes = 0 }
+  H.near(hwmod.op_time(hw, x, "bf16"), 2e-6 + 1e6 / 10e9, 1e-12, "elementwise")
+  -- 4 single-threaded ranks on 2 cores: x2, and weight streams drop from
+  -- 20 GB/s alone to 30/2 GB/s each
+  local hw4 = toy_cpu(4, 2)
+  local extra = g.w_bytes * (2 / 30e9 - 1 / 20e9)
+  H.near(hwmod.op_time(hw4, g, "bf16"), 2 * (g.flops / 4e9 + extra), 1e-12, "shared cores")
+  H.near(hwmod.op_time(hw4, x, "bf16"), 2 * (2e-6 + 1e6 / 10e9), 1e-12, "shared cores, elementwise")
+  -- a measured oversubscription (probe) replaces the model: streaming ops (< 16 rows) and the rest
+  hw4.cpu.oversub = { compute = 3, stream = 5 }
+  H.near(hwmod.op_time(hw4, g, "bf16"), 5 * g.flops / 4e9, 1e-12, "measured, streaming GEMM")
+  local big = { kind = "gemm", m = 16, n = 64, k = 32, flops = 2 * 16 * 64 * 32, w_bytes = 0, a_bytes = 0, kv_bytes = 0 }
+  H.near(hwmod.op_time(hw4, big, "bf16"), 3 * big.flops / 16e9, 1e-12, "measured, compute GEMM")
+  H.near(hwmod.op_time(hw4, x, "bf16"), 3 * (2e-6 + 1e6 / 10e9), 1e-12, "measured, elementwise")
+end
+
+function T.cpu_profile_plans_a_model_step()
+  -- every op of a real model walk gets a finite positive time on a calibrated profile
+  local calib = require "tide.plan.calib"
+  local r = { model = "models/dsv3-tiny", mla = "auto", prefill_mla = "auto",
+    quant = { weights = "bf16", kv = "f32", act = "f32", dispatch = "f32", combine = "f32" }, parallel = { ep = 4 } }
+  local prof = { threads = 1, dtype = "bf16", op_overhead = 1e-6, elt_bw = 10e9, bw = 10e9,
+    gemm = { bf16 = { ["64 x 64"] = { [1] = 1e9, [64] = 20e9 } } }, experts = { bf16 = {} },
+    attn = { ["1/1/8/8"] = { per_call = 1e-6, rate = 1e9, rate_decode = 1e9 } } }
+  local hw = calib.profile(prof, { ranks = 4, cores = 2, a2a = { latency = 50e-6, bw = 1e9 }, bw1 = 10e9, bw_all = 15e9 })
+  local x = assert(plan.evaluate(r, { hardware = hw, phase = "decode", batch = 4,
+    workload = { input = { mean = 32, cv = 0 }, output = { mean = 1, cv = 0 } } })).decode
+  local links = 0
+  for _, op in ipairs(x.ops) do
+    H.truthy(op.t > 0 and op.t < math.huge, "op time " .. op.name)
+    if op.bound == "link" then
+      links = links + 1
+      -- dispatch: 2 alltoallv (counts, rows), combine: 1 -- latency each
+      local calls = op.name:match("dispatch") and 2 or 1
+      H.truthy(op.t >= calls * 50e-6, "all-to-all latency per call: " .. op.name)
+    end
+  end
+  H.truthy(links > 0, "EP exchanges are link-bound ops")
+end
+
+-- ---- day 6 as a day average (acceptance 2) ----------------------------------------
+
+function T.fleet_splits_node_time_by_need()
+  local fleet = require "tide.plan.fleet"
+  local day = { seconds = 100, input_tokens = 1e6, output_tokens = 1e5, speed = { 10, 10 }, gpus_per_node = 8,
+    nodes = { average = 10 } }
+  local f = fleet.evaluate(day, { per_node = { input_tok_s = 5e3 } }, { per_node = { output_tok_s = 1e3 }, batch = 20 })
+  -- need: prefill 1e4 / 5e3 = 2 nodes, decode 1e3 / 1e3 = 1 node; 10 deployed -> U = 0.3
+  H.near(f.utilization, 0.3, 1e-12, "load factor")
+  H.near(f.nodes.prefill + f.nodes.decode, 10, 1e-9, "the deployed nodes")
+  H.near(f.per_node.prefill, 5e3 * 0.3, 1e-6, "prefill per node = capacity x U")
+  H.near(f.per_node.decode, 1e3 * 0.3, 1e-6, "decode per node = capacity x U")
+  -- Little: 1e3 tok/s / 10 tok/s = 100 users over 10/3 nodes x 8 GPUs
+  H.near(f.decode_batch.avg, 100 / (10 / 3 * 8), 1e-9, "average decode batch")
+end
+
+function T.day6_day_average_matches_published_within_25_percent()
+  local fleet = require "tide.plan.fleet"
+  local day = assert(hwmod.load_data("recipes/plans/deepseek-v3-day6-fleet.lua"))
+  local p = day6("prefill")
+  local d = day6("decode")
+  local f = fleet.evaluate(day, p, d)
+  local rp, rd = f.per_node.prefill / day.published.prefill, f.per_node.decode / day.published.decode
+  H.truthy(rp > 0.75 and rp < 1.25, "prefill day average vs 73.7k: " .. rp)
+  H.truthy(rd > 0.75 and rd < 1.25, "decode day average vs 14.8k: " .. rd)
+  H.truthy(f.utilization > 0 and f.utilization < 1, "the fleet runs below capacity on average")
+  -- the normal EP kernels' SMs slow the overlapped prefill compute; the low-latency decode kernels take none
+  H.truthy(p.split.sm_share > 0, "prefill pays the SM share")
+  H.eq(d.split.sm_share, 0, "decode (low-latency kernels) does not")
 end
 
 return T

@@ -4,89 +4,43 @@
 local M = {}
 
 M.usage = [[
-usage: tide calibrate [--out FILE] [--threads N] [--quick]
+usage: tide calibrate [--model DIR] [--out FILE] [--threads N] [--prefill P] [--batches 1,8,32] [--quick]
 
-  Measures, with Tide's own kernels: memory bandwidth (a large elementwise
-  op), GEMM rates per weight dtype (f32, bf16, f16) at a compute-bound shape
-  and a weight-streaming one, and the fixed cost of one op call; writes a
-  profile (default recipes/hardware/local.lua) that `tide plan --hardware`
-  reads. --quick uses smaller shapes (for tests).]]
+  Measures this machine with Tide's own kernels at the shape classes that the
+  model's steps use (tide.plan.calib; the shapes come from the planner's cost
+  walk of DIR, default models/llama-tiny): GEMM rate by weight shape and rows,
+  grouped experts per hit, attention per call + rate, one op call, streaming
+  bandwidth. Writes a profile (default recipes/hardware/local.lua) that
+  `tide plan --hardware FILE` reads. --quick uses small sizes (tests).
+  bench/plan_calibrate.lua also measures MPI all-to-all costs.]]
 
-local spec = { out = "string", threads = "number", quick = "flag" }
+local spec = { out = "string", threads = "number", quick = "flag", model = "string", prefill = "number", batches = "string" }
 
-local function best_of(reps, f)
-  local T = require "tide.tensor"
-  local best = math.huge
-  f() -- warm up
-  for _ = 1, reps do
-    local t0 = T.now()
-    f()
-    best = math.min(best, T.now() - t0)
-  end
-  return best
-end
-
--- Returns the profile table.
+-- Returns the profile table (tide.plan.hardware format with a `cpu` section).
 function M.measure(o)
   o = o or {}
   local T = require "tide.tensor"
-  if o.threads then assert(T.set_threads(o.threads)) end
-  local quick = o.quick
-  -- memory: y = 1.0 * x over a large f32 array (read + write)
-  local n = quick and 2 ^ 20 or 2 ^ 25
-  local x, y = T.zeros({ n }), T.zeros({ n })
-  local tb = best_of(quick and 2 or 5, function() T.op.scale(y, x, 1.0) end)
-  local bw = 2 * 4 * n / tb
-  -- fixed cost of a kernel call: a tiny matmul through the thread pool
-  local a, wt, b = T.zeros({ 1, 32 }), T.zeros({ 32, 32 }), T.zeros({ 1, 32 })
-  local calls = quick and 200 or 2000
-  local tov = best_of(3, function() for _ = 1, calls do T.op.matmul(b, a, wt) end end) / calls
-  -- GEMMs: out (m, n_out) = x (m, k) @ W^T, W (n_out, k) in each dtype
-  local peak, stream, by_m = {}, {}, {}
-  local k = quick and 256 or 1024
-  local mrows = quick and 64 or 256
-  for _, dt in ipairs({ "f32", "bf16", "f16" }) do
-    local w = T.zeros({ k, k })
-    local ok, wd = pcall(function() return w:copy(dt) end)
-    if ok and wd then
-      local xin, out = T.zeros({ mrows, k }), T.zeros({ mrows, k })
-      local t = best_of(quick and 2 or 4, function() T.op.matmul(out, xin, wd) end)
-      peak[dt] = 2 * mrows * k * k / t
-      -- rate by rows: small-m GEMMs run far below the peak on CPU
-      by_m[dt] = {}
-      for _, mm in ipairs(quick and { 1, 16 } or { 1, 4, 16, 64, 256, 1024 }) do
-        local xm, om = T.zeros({ mm, k }), T.zeros({ mm, k })
-        local tm = best_of(quick and 1 or 3, function() T.op.matmul(om, xm, wd) end)
-        by_m[dt][mm] = 2 * mm * k * k / tm
-      end
-      -- weight streaming: one row through a weight larger than the caches
-      local ks = quick and 512 or 4096
-      local ws = T.zeros({ ks, ks }):copy(dt)
-      local x1, o1 = T.zeros({ 1, ks }), T.zeros({ 1, ks })
-      local t1 = best_of(quick and 2 or 5, function() T.op.matmul(o1, x1, ws) end)
-      stream[dt] = ws:nbytes() / t1
-    end
+  local calib = require "tide.plan.calib"
+  local dir = o.model or (require("tide.plan.hardware").root() .. "/models/llama-tiny")
+  local cfg = assert(require("tide.config").load(dir .. "/config.json"))
+  local wd = (cfg.torch_dtype == "float32" and "f32") or (cfg.torch_dtype == "float16" and "f16") or "bf16"
+  local recipe = { model = dir, mla = "auto", prefill_mla = "auto",
+    quant = { weights = wd, kv = "f32", act = "f32", dispatch = "f32", combine = "f32" }, parallel = { ep = 1 } }
+  local P = o.prefill or (o.quick and 32 or 512)
+  local cases = { { phase = "prefill", batch = P, workload = { input = { mean = P, cv = 0 }, output = { mean = 1, cv = 0 } } } }
+  for b in tostring(o.batches or (o.quick and "1,4" or "1,8,32")):gmatch("%d+") do
+    cases[#cases + 1] = { phase = "decode", batch = tonumber(b),
+      workload = { input = { mean = 32, cv = 0 }, output = { mean = 1, cv = 0 }, kv_len = 36 } }
   end
-  local cap = 0
-  local f = io.open("/proc/meminfo", "r")
-  if f then
-    local s = f:read("*a")
-    f:close()
-    cap = (tonumber(s:match("MemTotal:%s+(%d+)")) or 0) * 1024
-  end
-  return {
-    name = "local", label = "this machine (tide calibrate)", gpus_per_node = 1,
-    -- FP8 weights are dequantized on CPU: costed at the bf16 rate
-    peak = { f32 = peak.f32, bf16 = peak.bf16 or peak.f32, f16 = peak.f16, fp8 = peak.bf16 or peak.f32,
-      int8 = peak.bf16 or peak.f32 },
-    mem = { capacity = cap, bw = bw, stream = stream },
-    intra = { bw = bw / 2, latency = tov }, -- ranks on one machine exchange through memory
-    inter = { bw = bw / 2, latency = tov },
-    eff = { gemm_fp8 = 1, gemm_bf16 = 1, attn_bf16 = 1, mem = 1, intra = 1, inter = 1 },
-    op_overhead = tov,
-    gemm_by_m = by_m, -- measured GEMM flop/s by rows m, per weight dtype (k = n = 1024)
-    price = 0,
-  }
+  local threads = o.threads or tonumber(require("tide.ffi").C.tide_pool_cpu_count())
+  local need = calib.needs(recipe, cases)
+  local prof = calib.measure(need, { threads = threads, dtype = wd, quick = o.quick, reps = o.quick and 1 or 3,
+    mgrid = o.quick and { 1, 8, 32 } or nil, rpe = o.quick and { 1, 4 } or nil, copies_bytes = o.quick and 4e6 or nil,
+    log = o.log })
+  local hw = calib.profile(prof)
+  hw.op_overhead = prof.op_overhead
+  local _ = T
+  return hw
 end
 
 local function ser(v, ind)
@@ -100,7 +54,8 @@ local function ser(v, ind)
     end)
     local parts = {}
     for _, kk in ipairs(keys) do
-      local key = type(kk) == "number" and "[" .. kk .. "]" or kk
+      local key = type(kk) == "number" and "[" .. kk .. "]"
+        or (kk:match("^[%a_][%w_]*$") and kk or "[" .. string.format("%q", kk) .. "]")
       parts[#parts + 1] = ind .. "  " .. key .. " = " .. ser(v[kk], ind .. "  ") .. ","
     end
     return "{\n" .. table.concat(parts, "\n") .. "\n" .. ind .. "}"
@@ -114,14 +69,15 @@ function M.main(args)
   local o, rest = A.parse(args, spec)
   local function fail(msg) io.stderr:write("tide calibrate: ", msg, "\n") return 1 end
   if not o then return fail(rest .. " (see tide calibrate --help)") end
+  o.log = function(l) io.stderr:write("# ", l, "\n") end
   local prof = M.measure(o)
   local out = o.out or (require("tide.plan.hardware").root() .. "/recipes/hardware/local.lua")
   local f, e = io.open(out, "w")
   if not f then return fail(e) end
   f:write("-- written by `tide calibrate` (measured rates; efficiency factors are 1)\nreturn ", ser(prof), "\n")
   f:close()
-  print(string.format("memory %.1f GB/s; GEMM f32 %.1f GFLOP/s, bf16 %.1f GFLOP/s; op call %.2f us -> %s",
-    prof.mem.bw / 1e9, (prof.peak.f32 or 0) / 1e9, (prof.peak.bf16 or 0) / 1e9, prof.op_overhead * 1e6, out))
+  print(string.format("weight streaming %.1f GB/s; best GEMM %.1f GFLOP/s; op call %.2f us -> %s",
+    prof.mem.bw / 1e9, (prof.peak.bf16 or 0) / 1e9, prof.op_overhead * 1e6, out))
   return 0
 end
 

@@ -66,6 +66,8 @@ function M.explain(r)
     local inputs
     if op.bound == "link" then
       inputs = string.format("%.3g B on %s; %s", op.comm_bytes, i.link or "?", i.formula or "")
+    elseif i.formula then -- a calibrated CPU profile: measured kernel rates at the op's shape class
+      inputs = i.formula .. (i.shared and (" " .. i.shared) or "")
     else
       inputs = string.format("%.3g flop / (%.3g peak %s x %.3f eff) = %.3g us | %.3g B / %.3g B/s = %.3g us",
         i.flops, i.peak, i.dtype, i.eff, i.tc * 1e6, i.bytes, i.bw, i.tm * 1e6)

@@ -103,7 +103,8 @@ end
 function Rec:attn(name, a)
   return self:add({ name = name, kind = "attn", dtype = "bf16", flops = a.flops,
     kv_bytes = (a.kv_read + a.kv_write) * self.kvbytes, a_bytes = a.act * self.abytes, heads = a.heads,
-    qk_dim = a.qk_dim, v_dim = a.v_dim, kv_row = a.kv_row })
+    qk_dim = a.qk_dim, v_dim = a.v_dim, kv_row = a.kv_row,
+    q_per_seq = self.batch and self.batch.n / math.max(self.batch.seqs, 1e-9) or nil })
 end
 
 -- MoE: by default one device holds every expert; rows spread over the experts
@@ -152,6 +153,7 @@ end
 function M.step(m, rec, b, opts)
   opts = opts or {}
   b.logits = b.logits or b.n
+  rec.batch = b
   rec.layer = 0
   m.embed:cost(rec, "embed", b.n)
   local list = opts.layers

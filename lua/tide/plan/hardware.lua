@@ -51,10 +51,116 @@ function M.gemm_rate(hw, wd)
   return peak * eff, wd, peak, eff
 end
 
+-- The attention kernel's operand layout for a recorded attention op:
+-- GQA (K and V heads), MLA absorbed (one latent head, V = its first v_dim
+-- columns) or MLA naive (K, V decompressed per head).
+function M.attn_layout(op)
+  local lay = { H = op.heads, qk = op.qk_dim, v = op.v_dim }
+  if op.v_dim == op.qk_dim then lay.nkv = math.floor(op.kv_row / (2 * op.qk_dim) + 0.5)
+  elseif op.kv_row == op.qk_dim then lay.nkv, lay.v_from_k = 1, op.v_dim
+  else lay.nkv = op.heads end
+  lay.key = string.format("%d/%d/%d/%d", lay.H, lay.nkv, lay.qk, lay.v)
+  return lay
+end
+
+-- nearest measured shape class "n x k" to (n, k) (log distance in both)
+local function nearest(tab, n, k)
+  local best, bd
+  for key, row in pairs(tab) do
+    local a, b = key:match("^(%d+) x (%d+)$")
+    a, b = tonumber(a), tonumber(b)
+    if a then
+      local d = math.abs(math.log(a / n)) + math.abs(math.log(b / k))
+      if not bd or d < bd then best, bd = row, d end
+    end
+  end
+  return best
+end
+M.nearest = nearest
+
+-- Time of op on a calibrated CPU profile (hw.cpu from tide.plan.calib):
+-- measured kernel rates at the op's shape class, times the sharing of the
+-- cores when more single-threaded ranks run than there are cores.
+--   GEMM:    flops / rate(n x k, m)                  (rate log-interpolated in m)
+--   experts: hits * t_hit(dim x inter, rows per hit)
+--   attn:    per_call + flops / rate
+--   other:   op_overhead + bytes / elementwise bandwidth
+-- Ranks (R single-threaded ranks on c cores, R > c): compute stretches by
+-- R / c; a weight-streaming op also loses bandwidth, from bw1 (one thread
+-- alone) to bw_all / c (each of c running ranks): t' = R/c * (t + w_bytes *
+-- (c / bw_all - 1 / bw1))+.
+function M.cpu_op_time(hw, op, wd)
+  local cpu = hw.cpu
+  local t, bound, info
+  local dt = cpu.gemm[wd] and wd or next(cpu.gemm)
+  if op.kind == "gemm" and op.grouped and op.per_slot then
+    -- each hit slot: gate and up (inter x dim), down (dim x inter) at rows/hit, + swiglu
+    local hits = math.max(op.experts or 1, 1e-9)
+    local m, inter, dim = math.max(op.m / hits, 1), op.n / 3, op.k
+    local function g(n, k)
+      local row = cpu.gemm[dt][string.format("%d x %d", n, k)] or nearest(cpu.gemm[dt], n, k)
+      return 2 * m * n * k / M.interp(row, m)
+    end
+    local per = 2 * g(inter, dim) + g(dim, inter) + cpu.op_overhead + m * inter * 12 / cpu.elt_bw
+    t = hits * per
+    bound, info = "measured", { formula = string.format("%.2f slots x %.3f ms (3 GEMMs at m=%.2f + swiglu)", hits,
+      per * 1e3, m), flops = op.flops, bytes = op.w_bytes + op.a_bytes }
+  elseif op.kind == "gemm" and op.grouped and cpu.experts[dt] and next(cpu.experts[dt]) then
+    local row = cpu.experts[dt][string.format("%d x %d", op.k, op.n / 3)] or nearest(cpu.experts[dt], op.k, op.n / 3)
+    local hits = math.max(op.experts or 1, 1e-9)
+    local per = M.interp(row, math.max(op.m / hits, 1e-3))
+    -- fewer rows than one per hit expert (rare): scale down linearly
+    t = hits * per
+    bound, info = "measured", { formula = string.format("%.2f expert hits x %.3f ms at %.2f rows/hit", hits, per * 1e3,
+      op.m / hits), flops = op.flops, bytes = op.w_bytes + op.a_bytes }
+  elseif op.kind == "gemm" then
+    local row = cpu.gemm[dt][string.format("%d x %d", op.n, op.k)] or nearest(cpu.gemm[dt], op.n, op.k)
+    local rate = M.interp(row, math.max(op.m, 1))
+    t = op.flops / rate
+    bound, info = "measured", { formula = string.format("%.3g flop / %.2f GFLOP/s (%d x %d at m=%g)", op.flops,
+      rate / 1e9, op.n, op.k, op.m), flops = op.flops, bytes = op.w_bytes + op.a_bytes }
+  elseif op.kind == "attn" then
+    local lay = M.attn_layout(op)
+    local a = cpu.attn[lay.key]
+    if not a then for _, v in pairs(cpu.attn) do a = v break end end
+    a = a or { per_call = cpu.op_overhead, rate = hw.peak.bf16 }
+    -- the rate measured at the nearer point: decode-like (a few queries per
+    -- sequence) or prefill-like
+    local rate = (op.q_per_seq and op.q_per_seq <= 16 and a.rate_decode) or a.rate
+    t = a.per_call * (op.calls or 1) + op.flops / rate
+    bound, info = "measured", { formula = string.format("%.1f us + %.3g flop / %.2f GFLOP/s", a.per_call * 1e6, op.flops,
+      rate / 1e9), flops = op.flops, bytes = op.kv_bytes + op.a_bytes }
+  else
+    local bytes = op.w_bytes + op.a_bytes + op.kv_bytes
+    t = cpu.op_overhead * (op.calls or 1) + bytes / cpu.elt_bw
+    bound, info = "memory", { formula = string.format("%.2f us + %.3g B / %.1f GB/s", cpu.op_overhead * 1e6, bytes,
+      cpu.elt_bw / 1e9), flops = op.flops, bytes = bytes }
+  end
+  local R, c = cpu.ranks or 1, cpu.cores or 1
+  if cpu.oversub and R > 1 then
+    -- measured: a weight-streaming op (few rows per weight) slows like the
+    -- streaming probe, everything else like the compute probe
+    local rows = op.kind == "gemm" and (op.grouped and op.m / math.max(op.experts or 1, 1e-9) or op.m) or math.huge
+    local f = rows < 16 and cpu.oversub.stream or cpu.oversub.compute
+    info.shared = string.format("x %.2f (%s, measured with %d ranks on %d cores)", f, rows < 16 and "streaming" or "compute", R, c)
+    t = t * f
+  elseif R > c then
+    local extra = 0
+    if cpu.bw1 and cpu.bw_all and op.kind == "gemm" then
+      extra = math.max(0, op.w_bytes * (c / cpu.bw_all - 1 / cpu.bw1))
+    end
+    info.shared = string.format("x %d ranks / %d cores%s", R, c, extra > 0 and string.format(" (+%.3f ms bandwidth)", extra * 1e3) or "")
+    t = R / c * (t + extra)
+  end
+  info.tc, info.tm, info.overhead = t, 0, 0
+  return t, bound, info
+end
+
 -- Roofline time of op (from tide.plan.cost) on hw with GEMM weights in wd:
 -- t = max(flops / (peak * eff), bytes / (bw * eff_mem)); returns t, bound,
 -- and the inputs used (for --explain).
 function M.op_time(hw, op, wd)
+  if hw.cpu then return M.cpu_op_time(hw, op, wd) end
   local rate, used, peak, eff
   if op.kind == "gemm" then
     rate, used, peak, eff = M.gemm_rate(hw, wd)

@@ -198,7 +198,9 @@ function M.phase(ctx, phase, batch)
     return r:add({ name = name, kind = "gemm", grouped = true, m = rows_dev, n = 3 * inter, k = dim, experts = hit,
       calls = 4 * hit,
       flops = 2 * rows_dev * 3 * dim * inter, w_bytes = hit * 3 * dim * inter * r.wbytes,
-      a_bytes = rows_dev * (2 * dim + 3 * inter) * r.abytes, imbalance = imb_static * imb_stat })
+      a_bytes = rows_dev * (2 * dim + 3 * inter) * r.abytes, imbalance = imb_static * imb_stat,
+      -- Tide's EP (tide.parallel.ep) runs each local slot as its own MLP (3 GEMMs + swiglu)
+      per_slot = D > 1 })
   end
   rec.on_comm = function(r, name, kind, n, top_k, dim)
     if D <= 1 then
@@ -222,7 +224,9 @@ function M.phase(ctx, phase, batch)
       local hit = math.min(limit, nodes * (1 - (1 - 1 / nodes) ^ top_k))
       rdma = n * row * hit * (nodes - 1) / nodes
     end
-    local t_nvl = nvl / (hw.intra.bw * hw.eff.intra) + hw.intra.latency
+    -- a calibrated CPU profile: Tide's EP makes comm_calls alltoallv per exchange
+    local calls = hw.cpu and hw.cpu.comm_calls and hw.cpu.comm_calls[kind] or 1
+    local t_nvl = nvl / (hw.intra.bw * hw.eff.intra) + calls * hw.intra.latency
     local t_rdma = nodes > 1 and (rdma / (hw.inter.bw * hw.eff.inter) + hw.inter.latency) or 0
     local link = t_rdma > t_nvl and "rdma" or "nvlink"
     return r:add({ name = name, kind = "comm", link = link, comm_bytes = nvl + rdma, time = math.max(t_nvl, t_rdma),
@@ -260,16 +264,27 @@ function M.phase(ctx, phase, batch)
     end
   end
   for _, op in ipairs(rec.ops) do
-    if op.bound == "compute" then split.compute = split.compute + op.t
+    if op.bound == "link" then split.comm = split.comm + op.t
     elseif op.bound == "memory" then split.memory = split.memory + op.t
-    else split.comm = split.comm + op.t end
+    else split.compute = split.compute + op.t end -- compute, or a measured kernel time (CPU profiles)
   end
   local hide = s.overlap and (s.hide or 1) or 0
+  -- SMs taken by the normal (NVLink/RDMA) EP kernels while they overlap the
+  -- other micro-batch's compute: that compute runs on (S - s) of S SMs, so
+  -- the min(X, C) of it that overlaps communication takes S / (S - s) as
+  -- long (hw.comm_sms, hw.sms; the low-latency kernels use no SMs).
+  local sm_slow = 0
+  if s.overlap and comm_kind ~= "low-latency" and D > 1 and hw.comm_sms and hw.sms then
+    sm_slow = hw.comm_sms / (hw.sms - hw.comm_sms)
+  end
   local step = 0
+  split.sm_share = 0
   for _, L in pairs(layers) do
-    local exposed = math.max(0, L.x - hide * L.c)
+    local c = L.c + math.min(L.x, L.c) * sm_slow
+    split.sm_share = split.sm_share + (c - L.c)
+    local exposed = math.max(0, L.x - hide * c)
     split.exposed = split.exposed + exposed
-    step = step + L.c + exposed
+    step = step + c + exposed
   end
   if s.pp > 1 then step = step + (s.pp - 1) * (b.n * cfg.hidden_size * abytes / (hw.inter.bw * hw.eff.inter) + hw.inter.latency) end
   -- memory per device
