@@ -509,12 +509,10 @@ local function workspace() return setmetatable({ slots = {}, views = {} }, Works
 local function ws_get(self, key, dt, d0, d1, d2, d3)
   d0, d1, d2, d3 = tonumber(d0), d1 and tonumber(d1), d2 and tonumber(d2), d3 and tonumber(d3)
   local slot = self.slots[key]
+  -- the hot path (same key, same shape every step) compares plain Lua
+  -- numbers kept in the slot, not the tensor's int64 fields
   if slot then
-    local p = slot.t._p
-    if p.dtype == dt and p.shape[0] == d0 and p.shape[1] == (d1 or 1) and p.shape[2] == (d2 or 1) and
-      p.shape[3] == (d3 or 1) and p.ndim == (d3 and 4 or d2 and 3 or d1 and 2 or 1) then
-      return slot.t
-    end
+    if slot.dt == dt and slot.d0 == d0 and slot.d1 == d1 and slot.d2 == d2 and slot.d3 == d3 then return slot.t end
   else
     slot = { cap = 0 }
     self.slots[key] = slot
@@ -527,6 +525,7 @@ local function ws_get(self, key, dt, d0, d1, d2, d3)
     slot.cap = cap
   end
   slot.t = lua_tensor(dt, slot.buf._p.data, slot.buf, nd, d0, d1, d2, d3)
+  slot.dt, slot.d0, slot.d1, slot.d2, slot.d3 = dt, d0, d1, d2, d3
   return slot.t
 end
 
