@@ -14,8 +14,12 @@
  *
  * QB_PREFILL=1 (QB_M=rows, default 512): prefill shapes only, M x 2048 x {2048, 5632}; per format the
  * dispatched matmul and each path of kernels/quant_dot.c (integer dots, AVX2-dequantized panels + sgemm,
- * AVX-512 VNNI packed tiles) against f32 sgemm in the same run, medians of 5:
- *   QB_PREFILL=1 build-quant/quant_bench 1 */
+ * AVX-512 VNNI packed 4 x 4 tiles, `il_gops`: interleaved 16-row panels) against f32 sgemm in the same run,
+ * medians of 5:
+ *   QB_PREFILL=1 build-quant/quant_bench 1
+ * QB_CPU=1 (with QB_PREFILL): time in process CPU seconds / threads (a loaded machine's waits not counted).
+ * QB_KERNELS=1: single-thread kernel throughput in L2, in thread CPU time (see kernels_bench).
+ * QB_MIN_M / QB_MAX_M: limit the M of the matmul sweep. */
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
@@ -143,6 +147,12 @@ static void dot_vs_llama(void) {
     double t = dot_rate(tide_quant_dot(dt), NULL, w, rb, aq, rows, K);
     printf("{\"case\":\"dot_vs_llama_cpp\",\"dtype\":\"%s\",\"K\":%lld,\"tide_gbs\":%.1f", tide_dtype_traits(dt)->name,
            (long long)K, t);
+    if (tide_quant_dot512(dt)) { /* the decode dot on the repacked activation (AVX-512 VNNI) */
+      char *ap = malloc((size_t)tide_quant_act512_bytes(K));
+      tide_quant_act512_pack(dt, aq, K, ap);
+      printf(",\"tide512_gbs\":%.1f", dot_rate(tide_quant_dot512(dt), NULL, w, rb, ap, rows, K));
+      free(ap);
+    }
     for (int v = 0; v < 2; v++) {
       ggml_dot_fn g = h[v] ? (ggml_dot_fn)dlsym(h[v], fm[f].sym) : NULL;
       if (!g) continue;
@@ -161,6 +171,99 @@ static void dot_vs_llama(void) {
   for (int v = 0; v < 2; v++)
     if (h[v]) dlclose(h[v]);
   dlclose(base);
+}
+
+/* ---- QB_KERNELS=1: single-thread kernel throughput on data in L2, timed in thread CPU time ----
+ * (CLOCK_THREAD_CPUTIME_ID: time the thread was descheduled on a shared machine is not counted, so
+ * two kernels can be compared between runs; clock and cache sharing still move it a little):
+ * the packed VNNI 4 x 4 tile (GOP/s, 2 per multiply-add) and the M = 1 dots (GB/s of weight rows). */
+/* CPU seconds of the whole process (all threads): `cpu_gops` in the sweep = ops / (CPU seconds / threads),
+ * the wall-clock rate the run would have had with its threads never descheduled (spinning counts). */
+static double proc_cpu(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void kernels_bench(void) {
+  const int64_t K = 2048, rows = 32;
+  int64_t kp = tide_quant_packed_kp(K), prb = kp + kp / 32 * 8;
+  float *x = malloc((size_t)K * 4);
+  if (tide_quant_has_vnni512()) {
+    uint8_t *px = malloc((size_t)(prb * rows)), *py = malloc((size_t)(prb * 4));
+    char *aq = malloc((size_t)K * 2), *wq = malloc((size_t)K * 2);
+    for (int r = 0; r < 4 + rows; r++) {
+      for (int64_t k = 0; k < K; k++) x[k] = rnd();
+      tide_quant_act_quantize(TIDE_DTYPE_Q8_0, x, aq, K);
+      tide_dtype_traits(TIDE_DTYPE_Q4_0)->from_float(x, wq, K);
+      if (r < 4)
+        tide_quant_pack_act(TIDE_DTYPE_Q4_0, aq, K, py + r * prb); /* the signed side */
+      else
+        tide_quant_pack_weight(TIDE_DTYPE_Q4_0, wq, K, px + (r - 4) * prb);
+    }
+    float out[16];
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+      double t0 = cpu_now();
+      for (int it = 0; it < 50; it++)
+        for (int64_t r = 0; r + 4 <= rows; r += 4) {
+          const uint8_t *xr[4] = {px + r * prb, px + (r + 1) * prb, px + (r + 2) * prb, px + (r + 3) * prb};
+          const uint8_t *yr[4] = {py, py + prb, py + 2 * prb, py + 3 * prb};
+          tide_quant_vnni_tile44(xr, yr, kp, out, 4, 1, 4, 4);
+        }
+      double dt = cpu_now() - t0;
+      if (dt < best) best = dt;
+    }
+    printf("{\"case\":\"kernel\",\"name\":\"vnni_tile44\",\"K\":%lld,\"gops\":%.1f}\n", (long long)K,
+           50.0 * rows * 4 * 2 * kp / best * 1e-9);
+    free(px);
+    free(py);
+    free(aq);
+    free(wq);
+  }
+  const int32_t dts[] = {TIDE_DTYPE_Q8_0, TIDE_DTYPE_Q4_0, TIDE_DTYPE_Q4_K, TIDE_DTYPE_Q6_K};
+  for (size_t d = 0; d < 4; d++) {
+    int32_t dt = dts[d];
+    int64_t rb = tide_dtype_row_bytes(dt, K);
+    char *w = malloc((size_t)(rb * rows)), *aq = malloc((size_t)tide_quant_act_row_bytes(dt, K));
+    char *ap = malloc((size_t)tide_quant_act512_bytes(K));
+    for (int64_t r = 0; r < rows; r++) {
+      for (int64_t k = 0; k < K; k++) x[k] = 0.1f * rnd();
+      tide_dtype_traits(dt)->from_float(x, w + r * rb, K);
+    }
+    for (int64_t k = 0; k < K; k++) x[k] = rnd();
+    tide_quant_act_quantize(dt, x, aq, K);
+    for (int path = 0; path < 2; path++) {
+      tide_quant_dot_fn f = path ? tide_quant_dot512(dt) : tide_quant_dot(dt);
+      if (!f) continue;
+      const char *a = aq;
+      if (path) {
+        tide_quant_act512_pack(dt, aq, K, ap);
+        a = ap;
+      }
+      volatile float sink = 0;
+      double best = 1e30;
+      for (int rep = 0; rep < 5; rep++) {
+        double t0 = cpu_now();
+        for (int it = 0; it < 200; it++)
+          for (int64_t r = 0; r < rows; r++) sink += f(w + r * rb, a, K);
+        double dt2 = cpu_now() - t0;
+        if (dt2 < best) best = dt2;
+      }
+      printf("{\"case\":\"kernel\",\"name\":\"dot%s_%s\",\"K\":%lld,\"w_gbs\":%.1f}\n", path ? "512" : "",
+             tide_dtype_traits(dt)->name, (long long)K, 200.0 * rows * rb / best * 1e-9);
+    }
+    free(w);
+    free(aq);
+    free(ap);
+  }
+  free(x);
 }
 
 /* ---- prefill shapes: out (512, N) = a (512, 2048) @ w^T, N = 2048 and 5632 (llama-1b attention / MLP) ----
@@ -195,32 +298,36 @@ static int prefill(tide_pool_t *pool) {
     for (size_t d = 0; d < sizeof dts / sizeof dts[0]; d++) {
       tide_tensor_t *w = weight(dts[d], N, K);
       if (!w) return 1;
-      double g[4] = {0, 0, 0, 0};
-      for (int path = 0; path < 4; path++) {
+      double g[5] = {0, 0, 0, 0, 0};
+      for (int path = 0; path < 5; path++) {
         if (path > 0 && !tide_quant_has_dot(dts[d])) break;
         if (path == 3 && ((dts[d] != TIDE_DTYPE_Q8_0 && dts[d] != TIDE_DTYPE_Q4_0 && dts[d] != TIDE_DTYPE_Q4_K) ||
                           !tide_quant_has_vnni512()))
           break;
+        if (path == 4 && dts[d] == TIDE_DTYPE_Q4_K) break;
         double t[5];
+        int use_cpu = getenv("QB_CPU") != NULL; /* process CPU seconds / threads instead of wall time */
         for (int r = 0; r < 5; r++) {
-          double t0 = now();
+          double t0 = use_cpu ? proc_cpu() / tide_pool_threads(pool) : now();
           int rc = path == 0   ? tide_op_matmul(pool, o, a, w, 1, &err)
                    : path == 1 ? tide_quant_matmul_dots(pool, o->data, a->data, K, w, M, N, K, &err)
                    : path == 2 ? tide_quant_matmul_panels(pool, o->data, a->data, K, w, M, N, K, &err)
-                               : tide_quant_matmul_packed(pool, o->data, a->data, K, w, M, N, K, 1, &err);
+                   : path == 3 ? tide_quant_matmul_packed(pool, o->data, a->data, K, w, M, N, K, 1, &err)
+                               : tide_quant_matmul_il(pool, o->data, a->data, K, w, M, N, K, 1, &err);
           if (rc) {
             fprintf(stderr, "matmul: %s\n", err.msg);
             return 1;
           }
-          t[r] = now() - t0;
+          t[r] = (use_cpu ? proc_cpu() / tide_pool_threads(pool) : now()) - t0;
         }
         g[path] = 2.0 * M * N * K / median5(t) * 1e-9;
       }
       if (dts[d] == TIDE_DTYPE_F32) peak = g[0];
       printf("{\"case\":\"prefill\",\"dtype\":\"%s\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"threads\":%d,"
-             "\"gops\":%.1f,\"int_gops\":%.1f,\"panel_gops\":%.1f,\"vnni_gops\":%.1f,\"sgemm_gops\":%.1f,\"of_sgemm\":%.2f}\n",
+             "\"gops\":%.1f,\"int_gops\":%.1f,\"panel_gops\":%.1f,\"vnni_gops\":%.1f,\"il_gops\":%.1f,"
+             "\"sgemm_gops\":%.1f,\"of_sgemm\":%.2f}\n",
              tide_dtype_traits(dts[d])->name, (long long)M, (long long)N, (long long)K, tide_pool_threads(pool), g[0],
-             g[1], g[2], g[3], peak, g[0] / peak);
+             g[1], g[2], g[3], g[4], peak, g[0] / peak);
       fflush(stdout);
       tide_tensor_release(w);
     }
@@ -253,6 +360,11 @@ int main(int argc, char **argv) {
   printf("{\"case\":\"read_bw\",\"threads\":%d,\"gbs\":%.1f}\n", nth, bw);
   fflush(stdout);
 
+  if (getenv("QB_KERNELS")) {
+    kernels_bench();
+    tide_pool_free(pool);
+    return 0;
+  }
   if (getenv("QB_PREFILL")) return prefill(pool);
   dot_vs_llama();
   if (getenv("QB_DOTS_ONLY")) return 0;
@@ -268,26 +380,29 @@ int main(int argc, char **argv) {
     double wbytes = (double)tide_tensor_nbytes(w);
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
       int64_t M = Ms[mi];
+      if ((getenv("QB_MIN_M") && M < atoi(getenv("QB_MIN_M"))) || (getenv("QB_MAX_M") && M > atoi(getenv("QB_MAX_M"))))
+        continue;
       int64_t sa[2] = {M, K}, so[2] = {M, N};
       tide_tensor_t *a, *o;
       if (tide_tensor_new(TIDE_DTYPE_F32, 2, sa, &a, &err) || tide_tensor_new(TIDE_DTYPE_F32, 2, so, &o, &err)) return 1;
       for (int64_t i = 0; i < M * K; i++) ((float *)a->data)[i] = rnd();
       int reps = M >= 64 ? 2 : 4;
-      if (getenv("QB_MIN_M") && M < atoi(getenv("QB_MIN_M"))) continue;
-      double best = 1e30;
+      double best = 1e30, best_cpu = 1e30;
       for (int r = 0; r < reps; r++) {
-        double t0 = now();
+        double t0 = now(), c0 = proc_cpu();
         if (tide_op_matmul(pool, o, a, w, 1, &err)) {
           fprintf(stderr, "matmul: %s\n", err.msg);
           return 1;
         }
-        double dt = now() - t0;
+        double dt = now() - t0, dc = proc_cpu() - c0;
         if (dt < best) best = dt;
+        if (dc < best_cpu) best_cpu = dc;
       }
       printf("{\"case\":\"quant_matmul\",\"dtype\":\"%s\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"threads\":%d,"
-             "\"w_mb\":%.1f,\"ms\":%.2f,\"w_gbs\":%.1f,\"of_read_bw\":%.2f,\"gops\":%.1f}\n",
+             "\"w_mb\":%.1f,\"ms\":%.2f,\"w_gbs\":%.1f,\"of_read_bw\":%.2f,\"gops\":%.1f,\"cpu_gops\":%.1f}\n",
              tide_dtype_traits(dts[d])->name, (long long)M, (long long)N, (long long)K, nth, wbytes * 1e-6,
-             best * 1e3, wbytes / best * 1e-9, wbytes / best * 1e-9 / bw, 2.0 * M * N * K / best * 1e-9);
+             best * 1e3, wbytes / best * 1e-9, wbytes / best * 1e-9 / bw, 2.0 * M * N * K / best * 1e-9,
+             2.0 * M * N * K / best_cpu * 1e-9 / nth);
       fflush(stdout);
       tide_tensor_release(a);
       tide_tensor_release(o);

@@ -8,7 +8,10 @@
  * in the cache's own dtype), softmax per head, then the weighted sum of V
  * rows (each V row read once, AVX2 multi-row axpy), divided by the sum at
  * the end. Scratch (q, scores, a row buffer per thread) is allocated once
- * per call. */
+ * per call. A block-quantized cache (q8_0 KV, GGML's block layout) is read
+ * a row at a time: the row's blocks are dequantized into the row buffer,
+ * then the same AVX2 f32 multi-row dot / axpy run on it; kv_store quantizes
+ * whole blocks (a row is a whole number of blocks, see tide_k_check_kv_store). */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -50,8 +53,8 @@ static void kv_store_task(void *arg, int32_t ith, int32_t nth) {
       for (int64_t c0 = 0; c0 < c->cd.d; c0 += TIDE_K_CHUNK) {
         int64_t m = c->cd.d - c0 < TIDE_K_CHUNK ? c->cd.d - c0 : TIDE_K_CHUNK;
         tide_k_load(c->src, r, c0, m, buf);
-        if (c->cd.dense) {
-          tide_dtype_traits(c->cache->dtype)->from_float(buf, row + c0 * c->cd.s_col, m);
+        if (c->cd.dense) { /* chunks are whole blocks of a block-quantized cache (q8_0 KV) */
+          tide_dtype_traits(c->cache->dtype)->from_float(buf, row + tide_dtype_row_bytes(c->cache->dtype, c0), m);
         } else {
           for (int64_t j = 0; j < m; j++)
             tide_dtype_traits(c->cache->dtype)->from_float(buf + j, row + (c0 + j) * c->cd.s_col, 1);
@@ -91,6 +94,11 @@ static const void *row_view(const tide_tensor_t *c, const tide_k_cache_t *cd, co
     return row;
   }
   const tide_dtype_traits_t *tr = tide_dtype_traits(c->dtype);
+  if (tr->block_size > 1) { /* q8_0 KV: the row's blocks at once (n is a whole number of blocks) */
+    tr->to_float(row, buf, n);
+    *dt = TIDE_DTYPE_F32;
+    return buf;
+  }
   for (int64_t i = 0; i < n; i++) tr->to_float(row + i * cd->s_col, buf + i, 1);
   *dt = TIDE_DTYPE_F32;
   return buf;
@@ -130,7 +138,8 @@ static void attention_task(void *arg, int32_t ith, int32_t nth) {
     int64_t len = (int64_t)c->b->tok_pos[t] + 1;
     for (int32_t g = 0; g < ng; g++) tide_k_load(c->q, t * at->n_head + h0 + g, 0, dk, qf + g * dk);
     float sc[8];
-    int64_t kbytes = at->k.dense ? dk * at->k.s_col : 0, vbytes = at->v.dense ? dv * at->v.s_col : 0;
+    int64_t kbytes = at->k.dense ? tide_dtype_row_bytes(c->kc->dtype, dk) : 0;
+    int64_t vbytes = at->v.dense ? tide_dtype_row_bytes(c->vc->dtype, dv) : 0;
     for (int64_t j = 0; j < len; j++) {
       int32_t dt;
       if (j + PF < len) prefetch_row(slot(c->kc, &at->k, c->b, t, j + PF, kvh), kbytes);

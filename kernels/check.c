@@ -221,9 +221,18 @@ static int cache_dims(const tide_tensor_t *c, const char *op, const char *name, 
   } else {
     return tide_err_set(err, TIDE_ESHAPE, "%s: %s must be (n_blocks, block_size, n_kv_head, d)", op, name);
   }
-  if (tide_dtype_traits(c->dtype)->block_size != 1)
-    return tide_err_set(err, TIDE_EUNSUPPORTED, "%s: %s has block-quantized dtype %s", op, name,
-                        tide_dtype_traits(c->dtype)->name);
+  const tide_dtype_traits_t *tr = tide_dtype_traits(c->dtype);
+  if (tr->block_size != 1) {
+    /* a block-quantized cache (q8_0 KV): whole blocks per row, rows dense;
+     * kernels convert rows (or block-aligned chunks of them) at once */
+    if (!tr->to_float || !tr->from_float || cd->d % tr->block_size || c->stride[c->ndim - 1] != tr->block_bytes)
+      return tide_err_set(err, TIDE_EUNSUPPORTED, "%s: %s of dtype %s needs rows of whole %d-value blocks", op, name,
+                          tr->name, (int)tr->block_size);
+    cd->s_col = 0;
+    cd->dense = 1;
+    if (c->scale) return tide_err_set(err, TIDE_EUNSUPPORTED, "%s: %s with block scales", op, name);
+    return 0;
+  }
   cd->s_col = tide_k_col_stride(c);
   cd->dense = tide_k_row_dense(c);
   if (c->scale) return tide_err_set(err, TIDE_EUNSUPPORTED, "%s: %s with block scales", op, name);

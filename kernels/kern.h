@@ -171,6 +171,11 @@ void tide_vec_tile2_pf_avx2(const float *a, int64_t lda, int32_t ma, const void 
 
 /* 1 when the CPU runs the AVX2 paths (AVX2, FMA and F16C). */
 int tide_k_has_avx2(void);
+/* 1 when it also has AVX-512F (kernels/avx2/vec_avx512.c); the AVX2 entry points of dotn / axpyn hand
+ * f32 rows with n a multiple of 16 to these (the attention kernel's per-row products). */
+int tide_k_has_avx512(void);
+void tide_vec_dotn_f32_avx512(const float *q, int64_t ldq, int32_t ng, const float *x, int64_t n, float *out);
+void tide_vec_axpyn_f32_avx512(float *y, int64_t ldy, const float *s, int32_t ng, const float *x, int64_t n);
 /* float8_e4m3fn -> f32 table (256 entries). */
 extern const float tide_k_f8_table[256];
 

@@ -2,8 +2,10 @@
  *
  * Paths, chosen per call:
  *  - b in a GGML block format with a dot kernel (q8_0, q4_0, q4_k, q6_k; trans_b = 1):
- *    kernels/quant_dot.c (tide_quant_matmul: packed VNNI tiles, integer dots on
- *    rows of a quantized to q8 blocks, or dequantized panels + sgemm, by M).
+ *    kernels/quant_dot.c (tide_quant_matmul: by M and CPU, AVX-512 VNNI dots on a
+ *    repacked activation row (M = 1), integer dots on rows of a quantized to q8
+ *    blocks, VNNI tiles on packed rows, interleaved 16-row VNNI panels (prefill),
+ *    or dequantized panels + sgemm).
  *  - small M (decode and small MoE expert batches; trans_b = 1, b rows dense,
  *    b f32/f16/bf16/f8_e4m3): direct dot kernels read b's rows in their own
  *    format, no conversion pass. M = 1: 4 rows of b at a time; M > 1: tiles

@@ -393,3 +393,44 @@ void tide_quant_from_float_q6_k(const float *src, void *dst, int64_t n) {
     }
   }
 }
+
+/* ---- q5_0 (llama.cpp's fallback for q4_k rows that are not a multiple of 256) ---- */
+void tide_quant_to_float_q5_0(const void *src, float *dst, int64_t n) {
+  const uint8_t *b = src;
+  for (int64_t i = 0; i < n / TIDE_QK; i++, b += 22) {
+    float d = half_at(b);
+    uint32_t qh;
+    memcpy(&qh, b + 2, 4);
+    const uint8_t *qs = b + 6;
+    float *y = dst + i * TIDE_QK;
+    for (int j = 0; j < 16; j++) {
+      int h0 = (int)((qh >> j) & 1u) << 4, h1 = (int)((qh >> (j + 16)) & 1u) << 4;
+      y[j] = d * (float)(((qs[j] & 15) | h0) - 16);
+      y[j + 16] = d * (float)(((qs[j] >> 4) | h1) - 16);
+    }
+  }
+}
+
+void tide_quant_from_float_q5_0(const float *src, void *dst, int64_t n) {
+  uint8_t *b = dst;
+  for (int64_t i = 0; i < n / TIDE_QK; i++, b += 22) {
+    const float *x = src + i * TIDE_QK;
+    float amax, max = signed_absmax(x, TIDE_QK, &amax);
+    float d = max / -16.0f; /* the largest magnitude maps to -16 */
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    put_half(b, d);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+      /* truncation of v + 16.5 (v >= -16), capped at 31 */
+      float v0 = x[j] * id + 16.5f, v1 = x[j + 16] * id + 16.5f;
+      int q0 = v0 >= 0.0f && v0 < 32.0f ? (int)v0 : v0 >= 32.0f ? 31 : 0;
+      int q1 = v1 >= 0.0f && v1 < 32.0f ? (int)v1 : v1 >= 32.0f ? 31 : 0;
+      q0 = imin(31, q0);
+      q1 = imin(31, q1);
+      b[6 + j] = (uint8_t)((q0 & 15) | ((q1 & 15) << 4));
+      qh |= (uint32_t)((q0 >> 4) & 1) << j;
+      qh |= (uint32_t)((q1 >> 4) & 1) << (j + 16);
+    }
+    memcpy(b + 2, &qh, 4);
+  }
+}

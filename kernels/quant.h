@@ -39,6 +39,9 @@ void tide_quant_from_float_q4_0(const float *src, void *dst, int64_t n);
 void tide_quant_from_float_q4_k(const float *src, void *dst, int64_t n);
 void tide_quant_from_float_q6_k(const float *src, void *dst, int64_t n);
 void tide_quant_from_float_q8_k(const float *src, void *dst, int64_t n);
+/* q5_0 (32 values, 22 bytes): half d; uint32 qh (5th bits); uint8 qs[16]   x[j] = d * (q - 16) */
+void tide_quant_to_float_q5_0(const void *src, float *dst, int64_t n);
+void tide_quant_from_float_q5_0(const float *src, void *dst, int64_t n);
 
 /* ---- dots (kernels/quant_dot.c, kernels/avx2/quant_avx2.c) ----
  * dot(w, a) over n values, w a row in a weight format, a the activation row
@@ -105,6 +108,46 @@ int tide_quant_matmul(tide_pool_t *pool, float *out, const float *A, int64_t lda
 int tide_quant_matmul_dots(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b,
                            int64_t M, int64_t N, int64_t K, tide_err_t *err);
 
+/* ---- M = 1 (decode): AVX-512 VNNI dots of q8_0 / q4_0 rows (kernels/avx2/quant_avx512.c) ----
+ * The activation row (q8_0 blocks from tide_quant_act_quantize) repacked per group of 4 blocks
+ * (TIDE_QUANT_A512_GROUP bytes; a last partial group is padded): 128 activation bytes (q8_0 weights: the
+ * 4 blocks in order; q4_0 weights: the 4 blocks' values 0..15, then their values 16..31), int32
+ * accumulator starts per vpdpbusd lane (q8_0: 32 lanes, -128 x the sum of the lane's 4 activation bytes;
+ * q4_0: 16 lanes, -8 x the sum of the lane's 8), then the 4 blocks' scales as f32 (offset TIDE_QUANT_A512_DA). */
+#define TIDE_QUANT_A512_GROUP 272
+#define TIDE_QUANT_A512_DA 256
+int64_t tide_quant_act512_bytes(int64_t K);
+void tide_quant_act512_pack(int32_t dt, const void *aq, int64_t K, void *dst);
+/* The dot for weight dtype dt on a repacked activation row (NULL: none, or the CPU lacks AVX-512 VNNI). */
+tide_quant_dot_fn tide_quant_dot512(int32_t dt);
+float tide_quant_dot512_q8_0(const void *w, const void *a, int64_t n);
+float tide_quant_dot512_q4_0(const void *w, const void *a, int64_t n);
+
+/* ---- prefill, q8_0 / q4_0 weights: 16 weight rows interleaved per 4 bytes (AVX-512 VNNI) ----
+ * A panel of 16 rows of K values (nb = K/32 blocks): per block b, 512 bytes: for kk = 0..7 and row r, the
+ * 4 unsigned bytes x of values 32b + 4kk .. +3 of row r at b*512 + kk*64 + 4r (q8_0: q + 128; q4_0: the
+ * 4-bit values); then nb*16 floats d (row r's block scale at b*16 + r) and nb*16 floats c (q8_0: -128 d;
+ * q4_0: -8 d); rows past the tensor's end are zeros. Activation rows as tide_quant_pack_act makes them for
+ * q4_0 weights (signed bytes, then kp/32 floats da, then kp/32 floats da * sum q), so that
+ *   out[j][r] = sum_b d_rb da_jb (x_r . a_j)_b + c_rb (da sum a)_jb. */
+/* tide_quant_matmul uses these from this many rows of A on (q8_0 / q4_0, AVX-512 VNNI). Measured with
+ * bench/quant_bench.c (QB_CPU=1 QB_PREFILL=1, 1 thread, K = 2048, N = 5632), GOP/s 4 x 4 tiles vs
+ * interleaved: q8_0 M=16 135/114, 32 146/168, 64 206/256, 512 224/370; q4_0 M=16 158/150, 32 196/212,
+ * 64 222/300, 512 213/399 (N = 2048: q8_0 237/388, q4_0 226/379). */
+#define TIDE_QUANT_IL_MIN_M 32
+int64_t tide_quant_il_panel_bytes(int64_t K);
+void tide_quant_pack_il(int32_t dt, const tide_tensor_t *b, int64_t n0, int nr, int64_t K, uint8_t *dst);
+void tide_quant_pack_il_c(int32_t dt, const tide_tensor_t *b, int64_t n0, int nr, int64_t K, uint8_t *dst);
+void tide_quant_pack_il_avx2(int32_t dt, const tide_tensor_t *b, int64_t n0, int nr, int64_t K, uint8_t *dst);
+/* out[j * ldo + r] for j < na (<= 4; a[] holds 4 rows, repeated past na) and r < nr (<= 16). */
+void tide_quant_il_tile(const uint8_t *wp, int64_t nb, const uint8_t *const *a, int64_t kp, float *out, int64_t ldo,
+                        int nr, int na);
+void tide_quant_il_tile_c(const uint8_t *wp, int64_t nb, const uint8_t *const *a, int64_t kp, float *out,
+                          int64_t ldo, int nr, int na);
+/* out (M, N) = A @ b^T through the interleaved panels (q8_0 / q4_0 b); use_vnni = 0: the portable tile. */
+int tide_quant_matmul_il(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b, int64_t M,
+                         int64_t N, int64_t K, int use_vnni, tide_err_t *err);
+
 /* ---- large M: AVX-512 VNNI tiles on packed rows (kernels/quant_dot.c drives, quant_avx2.c computes) ----
  * q8_0, q4_0 and q4_k weights, activations quantized to q8_0 (also for q4_k). A packed row of K values:
  * kp = K rounded up to 512 bytes (zero padded), then kp/32 floats d and kp/32 floats c (zero padded), per
@@ -117,10 +160,11 @@ int tide_quant_matmul_dots(tide_pool_t *pool, float *out, const float *A, int64_
  *         for both y = activation, bytes q, d = da, c = da sum(q). */
 int tide_quant_has_vnni512(void);
 /* tide_quant_matmul takes q8_0 / q4_0 / q4_k weights through the packed tiles (when the CPU has AVX-512 VNNI)
- * from M = 16 / 32 / 48 rows of A on, the integer dots below (each call packs all of b, ~N*K scalar steps).
- * Measured with bench/quant_bench.c (QB_PREFILL=1 QB_M=..., 1 thread, K = 2048, N = 5632), GOP/s dots vs
- * packed: q8_0 M=16 81/85, 32 81/116; q4_0 M=16 85/75, 32 86/106; q4_k M=32 96/89, 48 70/76, 64 64/73;
- * M = 512: dots 82/82/95, packed 172/173/175 (f32 sgemm 110 in the same run). */
+ * from M = 8 / 8 / 48 rows of A on, the integer dots below (each call packs all of b, ~N*K/32 AVX2 steps).
+ * Measured with bench/quant_bench.c (QB_CPU=1 QB_PREFILL=1 QB_M=..., 1 thread, K = 2048, N = 5632, CPU time
+ * on a shared machine), GOP/s dots vs packed: q8_0 M=4 84/61, 6 57/72, 8 75/99, 16 82/141, 32 85/176;
+ * q4_0 M=4 93/84, 6 66/83, 8 84/126, 16 86/160, 32 87/193; q4_k M=16 93/60, 32 98/98 (earlier: 48 70/76).
+ * (Before the register-blocked tile and the AVX2 packers the crossovers were 16 / 32 / 48.) */
 int64_t tide_quant_packed_min_m(int32_t dt); /* 0: no packed tiles for dt */
 /* 1 when tide_op_matmul should hand b of dtype dt and M rows of a to tide_quant_matmul (which picks the
  * packed tiles, the integer dots up to TIDE_QUANT_DOT_MAX_M rows, else AVX2-dequantized panels + sgemm). */
@@ -131,6 +175,12 @@ int64_t tide_quant_packed_kp(int64_t K);
 /* Pack one activation row (made by tide_quant_act_quantize for weight dtype dt) or one weight row. */
 void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst);
 void tide_quant_pack_weight(int32_t dt, const void *w, int64_t K, uint8_t *dst);
+/* The portable packer, and the AVX2 part for q8_0 / q4_0 (the K values only; tide_quant_pack_weight clears
+ * the padding). */
+void tide_quant_pack_weight_c(int32_t dt, const void *w, int64_t K, uint8_t *dst);
+void tide_quant_pack_act_c(int32_t dt, const void *a, int64_t K, uint8_t *dst);
+void tide_quant_pack_act_avx2(int32_t dt, const void *a, int64_t K, uint8_t *dst);
+void tide_quant_pack_weight_avx2(int32_t dt, const void *w, int64_t K, uint8_t *dst);
 /* The packed-row product above for 4 x rows x 4 y rows (portable reference and AVX-512 VNNI). */
 void tide_quant_vnni_tile44(const uint8_t *const *x, const uint8_t *const *y, int64_t kp, float *out, int64_t si,
                             int64_t sj, int mi, int nj);

@@ -11,6 +11,15 @@
  * activation row's per-block {da, da * sum qa}); only the order of the float
  * sums over blocks differs.
  *
+ * With AVX-512 VNNI (run-time check) two more paths take q8_0 / q4_0 weights:
+ *  - M = 1 (decode): tide_quant_dot512_* (kernels/avx2/quant_avx512.c) on the activation row repacked once
+ *    per call, 4 blocks per step; the rows of b two ahead are prefetched (rows of ~1-2 KiB are too short for
+ *    the hardware prefetcher). Single thread, weights in L2 (bench/quant_bench.c QB_KERNELS=1, thread CPU
+ *    time): q8_0 38 -> 55 GB/s, q4_0 18 -> 33 GB/s of weight rows against the AVX2 dots.
+ *  - M >= TIDE_QUANT_IL_MIN_M (prefill): panels of 16 weight rows interleaved per 4 bytes, so that each
+ *    vpdpbusd lane is one output and the per-block float work is shared by 16 outputs (~380 GOP/s against
+ *    ~220 for the 4 x 4 tiles on packed rows, which keep M = 8..31 and q4_k).
+ *
  * Single-thread speed against llama.cpp's own ggml_vec_dot_* on the same blocks
  * (bench/quant_bench.c, `dot_vs_llama_cpp`, weights in L2, K = 4096; ratios
  * over its AVX2 build / its AVX-512 build picked on this EPYC): q8_0
@@ -208,8 +217,53 @@ tide_quant_tile4_fn tide_quant_tile4(int32_t dt) {
   return tide_k_has_avx2() ? tide_quant_tile4_avx2(dt) : tide_quant_tile4_c(dt);
 }
 
+/* ---- M = 1 on AVX-512 VNNI: the activation row repacked (layout in quant.h) ---- */
+int64_t tide_quant_act512_bytes(int64_t K) { return (K / TIDE_QK + 3) / 4 * TIDE_QUANT_A512_GROUP; }
+
+void tide_quant_act512_pack(int32_t dt, const void *aq, int64_t K, void *dst) {
+  int64_t nb = K / TIDE_QK;
+  uint8_t *o = dst;
+  memset(o, 0, (size_t)tide_quant_act512_bytes(K));
+  const uint8_t *q = aq;
+  for (int64_t b = 0; b < nb; b++, q += 34) {
+    uint8_t *g = o + b / 4 * TIDE_QUANT_A512_GROUP;
+    int j = (int)(b % 4);
+    float da = half_at(q);
+    memcpy(g + TIDE_QUANT_A512_DA + 4 * j, &da, 4);
+    if (dt == TIDE_DTYPE_Q8_0) {
+      memcpy(g + 32 * j, q + 2, 32);
+      for (int l = 0; l < 8; l++) { /* lane 8j + l: activation bytes 4l..4l+3 of block j */
+        int32_t s = 0;
+        for (int t = 0; t < 4; t++) s += (int8_t)q[2 + 4 * l + t];
+        s *= -128;
+        memcpy(g + 128 + 4 * (8 * j + l), &s, 4);
+      }
+    } else { /* q4_0: values 0..15 then 16..31; lane 4j + l: bytes 4l..4l+3 of both halves */
+      memcpy(g + 16 * j, q + 2, 16);
+      memcpy(g + 64 + 16 * j, q + 18, 16);
+      for (int l = 0; l < 4; l++) {
+        int32_t s = 0;
+        for (int t = 0; t < 4; t++) s += (int8_t)q[2 + 4 * l + t] + (int8_t)q[18 + 4 * l + t];
+        s *= -8;
+        memcpy(g + 128 + 4 * (4 * j + l), &s, 4);
+      }
+    }
+  }
+}
+
+tide_quant_dot_fn tide_quant_dot512(int32_t dt) {
+  if (!tide_quant_has_vnni512()) return NULL;
+  switch (dt) {
+  case TIDE_DTYPE_Q8_0: return tide_quant_dot512_q8_0;
+  case TIDE_DTYPE_Q4_0: return tide_quant_dot512_q4_0;
+  default: return NULL;
+  }
+}
+
 /* ---- matmul ---- */
 #define QMM_NB 8 /* rows of b per step: their bytes stay in L1/L2 while every row of A passes */
+#define QMM_PF 2 /* M = 1: rows read ahead of the one being summed are prefetched this far (rows of a
+                  * few KiB are too short for the hardware prefetcher, as for the bf16 matvec) */
 
 typedef struct {
   float *out;
@@ -217,6 +271,7 @@ typedef struct {
   int64_t arb;
   const tide_tensor_t *b;
   int64_t M, N, K;
+  int64_t wrb; /* bytes of a row of b */
   tide_quant_dot_fn dot;
   tide_quant_tile4_fn tile4;
 } qmm_ctx_t;
@@ -232,7 +287,13 @@ static void qmm_task(void *arg, int32_t ith, int32_t nth) {
     const char *rows[QMM_NB];
     for (int64_t n = n0; n < n1; n++) rows[n - n0] = tide_k_row(c->b, n);
     if (c->M == 1) {
-      for (int64_t n = n0; n < n1; n++) c->out[n] = c->dot(rows[n - n0], c->aq, c->K);
+      for (int64_t n = n0; n < n1; n++) {
+        if (n + QMM_PF < hi) {
+          const char *pf = tide_k_row(c->b, n + QMM_PF);
+          for (int64_t off = 0; off < c->wrb; off += 64) __builtin_prefetch(pf + off, 0, 3);
+        }
+        c->out[n] = c->dot(rows[n - n0], c->aq, c->K);
+      }
       continue;
     }
     for (int64_t m0 = 0; m0 < c->M; m0 += 4) { /* 4 rows of A per weight row (the last ones repeated) */
@@ -250,8 +311,8 @@ static void qmm_task(void *arg, int32_t ith, int32_t nth) {
 
 int64_t tide_quant_packed_min_m(int32_t dt) {
   switch (dt) {
-  case TIDE_DTYPE_Q8_0: return 16;
-  case TIDE_DTYPE_Q4_0: return 32;
+  case TIDE_DTYPE_Q8_0: return 8;
+  case TIDE_DTYPE_Q4_0: return 8;
   case TIDE_DTYPE_Q4_K: return 48;
   default: return 0;
   }
@@ -275,6 +336,10 @@ int tide_quant_matmul_wants(int32_t dt, int64_t M) {
 
 int tide_quant_matmul(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b, int64_t M,
                       int64_t N, int64_t K, tide_err_t *err) {
+  /* from TIDE_QUANT_IL_MIN_M rows on, q8_0 / q4_0 weights go through the interleaved 16-row panels */
+  if (M >= TIDE_QUANT_IL_MIN_M && (b->dtype == TIDE_DTYPE_Q8_0 || b->dtype == TIDE_DTYPE_Q4_0) && !b->scale &&
+      tide_quant_has_vnni512())
+    return tide_quant_matmul_il(pool, out, A, lda, b, M, N, K, 1, err);
   if (packed_fits(b->dtype, M) && !b->scale) return tide_quant_matmul_packed(pool, out, A, lda, b, M, N, K, 1, err);
   if (M > TIDE_QUANT_DOT_MAX_M) return tide_quant_matmul_panels(pool, out, A, lda, b, M, N, K, err);
   return tide_quant_matmul_dots(pool, out, A, lda, b, M, N, K, err);
@@ -288,10 +353,18 @@ int tide_quant_matmul_dots(tide_pool_t *pool, float *out, const float *A, int64_
   qmm_ctx_t c = {.out = out, .b = b, .M = M, .N = N, .K = K, .dot = tide_quant_dot(b->dtype),
                  .tile4 = tide_quant_tile4(b->dtype)};
   c.arb = tide_quant_act_row_bytes(b->dtype, K);
-  char *aq = malloc((size_t)(M * c.arb));
+  c.wrb = tide_dtype_row_bytes(b->dtype, K);
+  tide_quant_dot_fn d512 = M == 1 ? tide_quant_dot512(b->dtype) : NULL;
+  int64_t extra = d512 ? tide_quant_act512_bytes(K) : 0;
+  char *aq = malloc((size_t)(M * c.arb + extra));
   if (!aq) return tide_err_set(err, TIDE_ENOMEM, "matmul: out of memory");
   for (int64_t m = 0; m < M; m++) tide_quant_act_quantize(b->dtype, A + m * lda, aq + m * c.arb, K);
   c.aq = aq;
+  if (d512) { /* decode: the AVX-512 VNNI dots on the repacked row */
+    tide_quant_act512_pack(b->dtype, aq, K, aq + c.arb);
+    c.aq = aq + c.arb;
+    c.dot = d512;
+  }
   tide_k_run(pool, qmm_task, &c, M * N * K / 40 + N * K / 8);
   free(aq);
   return 0;
@@ -387,6 +460,19 @@ static int64_t packed_row_bytes(int64_t K) {
 static void pack_clear(uint8_t *dst, int64_t K) { memset(dst, 0, (size_t)packed_row_bytes(K)); }
 
 void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
+  if (tide_k_has_avx2()) { /* same bytes, several x faster */
+    int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
+    float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
+    memset(dst + K, 0, (size_t)(kp - K));
+    memset(d + nb, 0, (size_t)(kp / 32 - nb) * 4);
+    memset(c + nb, 0, (size_t)(kp / 32 - nb) * 4);
+    tide_quant_pack_act_avx2(dt, a, K, dst);
+    return;
+  }
+  tide_quant_pack_act_c(dt, a, K, dst);
+}
+
+void tide_quant_pack_act_c(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
   int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
   float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
   pack_clear(dst, K);
@@ -405,6 +491,19 @@ void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
 }
 
 void tide_quant_pack_weight(int32_t dt, const void *w, int64_t K, uint8_t *dst) {
+  if ((dt == TIDE_DTYPE_Q8_0 || dt == TIDE_DTYPE_Q4_0) && tide_k_has_avx2()) { /* same bytes, several x faster */
+    int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
+    float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
+    memset(dst + K, 0, (size_t)(kp - K));
+    memset(d + nb, 0, (size_t)(kp / 32 - nb) * 4);
+    memset(c + nb, 0, (size_t)(kp / 32 - nb) * 4);
+    tide_quant_pack_weight_avx2(dt, w, K, dst);
+    return;
+  }
+  tide_quant_pack_weight_c(dt, w, K, dst);
+}
+
+void tide_quant_pack_weight_c(int32_t dt, const void *w, int64_t K, uint8_t *dst) {
   int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
   float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
   pack_clear(dst, K);
@@ -514,6 +613,27 @@ static void qv_task(void *arg, int32_t ith, int32_t nth) {
   }
 }
 
+typedef struct {
+  const float *A;
+  int64_t lda, K;
+  int32_t dt;
+  uint8_t *tmp; /* (threads, arb) */
+  int64_t arb;
+  uint8_t *ap; /* (M, prb) */
+  int64_t prb, M;
+} qv_act_ctx_t;
+
+static void qv_act_task(void *arg, int32_t ith, int32_t nth) {
+  qv_act_ctx_t *c = arg;
+  int64_t lo, hi;
+  tide_split_range(c->M, ith, nth, &lo, &hi);
+  uint8_t *tmp = c->tmp + ith * c->arb;
+  for (int64_t m = lo; m < hi; m++) {
+    tide_quant_act_quantize(TIDE_DTYPE_Q8_0, c->A + m * c->lda, tmp, c->K);
+    tide_quant_pack_act(c->dt, tmp, c->K, c->ap + m * c->prb);
+  }
+}
+
 int tide_quant_matmul_packed(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b,
                              int64_t M, int64_t N, int64_t K, int use_vnni, tide_err_t *err) {
   if ((b->dtype != TIDE_DTYPE_Q8_0 && b->dtype != TIDE_DTYPE_Q4_0 && b->dtype != TIDE_DTYPE_Q4_K) || b->scale ||
@@ -528,21 +648,163 @@ int tide_quant_matmul_packed(tide_pool_t *pool, float *out, const float *A, int6
   int32_t qdt = b->dtype == TIDE_DTYPE_Q8_0 ? TIDE_DTYPE_Q8_0 : TIDE_DTYPE_Q4_0; /* q8_0 activations, no aux */
   int64_t arb = tide_quant_act_row_bytes(TIDE_DTYPE_Q8_0, K);
   int32_t nth = tide_pool_threads(pool);
-  uint8_t *ap = malloc((size_t)(M * c.prb)), *wbuf = malloc((size_t)(QV_NB * c.prb * nth)), *tmp = malloc((size_t)arb);
+  uint8_t *ap = malloc((size_t)(M * c.prb)), *wbuf = malloc((size_t)(QV_NB * c.prb * nth)),
+          *tmp = malloc((size_t)(arb * nth));
   if (!ap || !wbuf || !tmp) {
     free(ap);
     free(wbuf);
     free(tmp);
     return tide_err_set(err, TIDE_ENOMEM, "matmul: out of memory");
   }
-  for (int64_t m = 0; m < M; m++) {
-    tide_quant_act_quantize(TIDE_DTYPE_Q8_0, A + m * lda, tmp, K);
-    tide_quant_pack_act(qdt, tmp, K, ap + m * c.prb);
-  }
+  /* rows of A quantized and packed on all threads (serial, this was ~3% of a 1-thread prefill) */
+  qv_act_ctx_t ac = {.A = A, .lda = lda, .K = K, .dt = qdt, .tmp = tmp, .arb = arb, .ap = ap, .prb = c.prb, .M = M};
+  tide_k_run(pool, qv_act_task, &ac, M * K * 2);
   c.ap = ap;
   c.wbuf = wbuf;
   atomic_init(&c.next, 0);
   tide_k_run(pool, qv_task, &c, M * N * K / 100 + N * K / 8);
+  free(ap);
+  free(wbuf);
+  free(tmp);
+  return 0;
+}
+
+/* ---- prefill: interleaved panels of 16 weight rows (layout in quant.h) ---- */
+int64_t tide_quant_il_panel_bytes(int64_t K) { return K / TIDE_QK * (512 + 16 * 8); }
+
+void tide_quant_pack_il(int32_t dt, const tide_tensor_t *b, int64_t n0, int nr, int64_t K, uint8_t *dst) {
+  if (nr < 16) memset(dst, 0, (size_t)tide_quant_il_panel_bytes(K));
+  /* (16-lane AVX-512 gathers, one per 4-byte slice of the 16 rows, measured no faster than this: ~20 cycles
+   * per row and block either way on this CPU) */
+  if (tide_k_has_avx2()) { /* same bytes, faster */
+    tide_quant_pack_il_avx2(dt, b, n0, nr, K, dst);
+    return;
+  }
+  tide_quant_pack_il_c(dt, b, n0, nr, K, dst);
+}
+
+void tide_quant_pack_il_c(int32_t dt, const tide_tensor_t *b, int64_t n0, int nr, int64_t K, uint8_t *dst) {
+  int64_t nb = K / TIDE_QK;
+  float *d = (float *)(void *)(dst + nb * 512), *c = d + nb * 16;
+  if (nr < 16) memset(dst, 0, (size_t)tide_quant_il_panel_bytes(K));
+  for (int r = 0; r < nr; r++) {
+    const uint8_t *q = (const uint8_t *)tide_k_row(b, n0 + r);
+    for (int64_t blk = 0; blk < nb; blk++) {
+      uint8_t v[32];
+      float dw;
+      if (dt == TIDE_DTYPE_Q8_0) {
+        const uint8_t *p = q + blk * 34;
+        for (int l = 0; l < 32; l++) v[l] = (uint8_t)(p[2 + l] ^ 0x80); /* q + 128 */
+        dw = half_at(p);
+        c[blk * 16 + r] = -128.0f * dw;
+      } else {
+        const uint8_t *p = q + blk * 18;
+        for (int l = 0; l < 16; l++) {
+          v[l] = p[2 + l] & 15;
+          v[16 + l] = p[2 + l] >> 4;
+        }
+        dw = half_at(p);
+        c[blk * 16 + r] = -8.0f * dw;
+      }
+      d[blk * 16 + r] = dw;
+      uint8_t *o = dst + blk * 512 + 4 * r;
+      for (int kk = 0; kk < 8; kk++) memcpy(o + kk * 64, v + 4 * kk, 4);
+    }
+  }
+}
+
+void tide_quant_il_tile_c(const uint8_t *wp, int64_t nb, const uint8_t *const *a, int64_t kp, float *out,
+                          int64_t ldo, int nr, int na) {
+  const float *wd = (const float *)(const void *)(wp + nb * 512), *wc = wd + nb * 16;
+  for (int j = 0; j < na; j++) {
+    const float *da = (const float *)(const void *)(a[j] + kp), *ca = da + kp / 32;
+    for (int r = 0; r < nr; r++) {
+      float s = 0.0f;
+      for (int64_t blk = 0; blk < nb; blk++) {
+        int32_t sumi = 0;
+        for (int kk = 0; kk < 8; kk++)
+          for (int t = 0; t < 4; t++)
+            sumi += (int)wp[blk * 512 + kk * 64 + 4 * r + t] * (int)(int8_t)a[j][32 * blk + 4 * kk + t];
+        s += (float)sumi * (wd[blk * 16 + r] * da[blk]) + wc[blk * 16 + r] * ca[blk];
+      }
+      out[j * ldo + r] = s;
+    }
+  }
+}
+
+#define QIL_SUPER 4 /* panels of 16 rows packed per claim: 64 rows, 160 KiB at K = 2048 (in L2) */
+
+typedef struct {
+  float *out;
+  const uint8_t *ap; /* (M, prb) packed activation rows */
+  int64_t prb, kp;
+  const tide_tensor_t *b;
+  int64_t M, N, K;
+  uint8_t *wbuf; /* (threads, QIL_SUPER, panel bytes) */
+  int64_t pb;
+  int use_vnni;
+  atomic_llong next;
+} qil_ctx_t;
+
+static void qil_task(void *arg, int32_t ith, int32_t nth) {
+  (void)nth;
+  qil_ctx_t *c = arg;
+  uint8_t *W = c->wbuf + (int64_t)ith * QIL_SUPER * c->pb;
+  int64_t nb = c->K / TIDE_QK, supers = (c->N + 16 * QIL_SUPER - 1) / (16 * QIL_SUPER);
+  for (;;) {
+    int64_t si = atomic_fetch_add(&c->next, 1);
+    if (si >= supers) break;
+    int64_t n0 = si * 16 * QIL_SUPER;
+    int np = 0, nrs[QIL_SUPER];
+    for (int p = 0; p < QIL_SUPER && n0 + 16 * p < c->N; p++, np++) {
+      int64_t left = c->N - (n0 + 16 * p);
+      nrs[p] = left < 16 ? (int)left : 16;
+      tide_quant_pack_il(c->b->dtype, c->b, n0 + 16 * p, nrs[p], c->K, W + p * c->pb);
+    }
+    for (int64_t m0 = 0; m0 < c->M; m0 += 4) {
+      int na = c->M - m0 < 4 ? (int)(c->M - m0) : 4;
+      const uint8_t *ar[4];
+      for (int r = 0; r < 4; r++) ar[r] = c->ap + (m0 + (r < na ? r : na - 1)) * c->prb;
+      for (int p = 0; p < np; p++) {
+        float *o = c->out + m0 * c->N + n0 + 16 * p;
+        if (c->use_vnni)
+          tide_quant_il_tile(W + p * c->pb, nb, ar, c->kp, o, c->N, nrs[p], na);
+        else
+          tide_quant_il_tile_c(W + p * c->pb, nb, ar, c->kp, o, c->N, nrs[p], na);
+      }
+    }
+  }
+}
+
+int tide_quant_matmul_il(tide_pool_t *pool, float *out, const float *A, int64_t lda, const tide_tensor_t *b, int64_t M,
+                         int64_t N, int64_t K, int use_vnni, tide_err_t *err) {
+  if ((b->dtype != TIDE_DTYPE_Q8_0 && b->dtype != TIDE_DTYPE_Q4_0) || b->scale || K % TIDE_QK)
+    return tide_err_set(err, TIDE_EINVAL, "matmul: no interleaved kernel for b of dtype %s",
+                        tide_dtype_traits(b->dtype)->name);
+  if (use_vnni && !tide_quant_has_vnni512())
+    return tide_err_set(err, TIDE_EINVAL, "matmul: the CPU has no AVX-512 VNNI");
+  qil_ctx_t c = {.out = out, .b = b, .M = M, .N = N, .K = K, .use_vnni = use_vnni};
+  c.kp = tide_quant_packed_kp(K);
+  c.prb = packed_row_bytes(K);
+  c.pb = tide_quant_il_panel_bytes(K);
+  int64_t arb = tide_quant_act_row_bytes(TIDE_DTYPE_Q8_0, K);
+  int32_t nth = tide_pool_threads(pool);
+  uint8_t *ap = malloc((size_t)(M * c.prb)), *wbuf = malloc((size_t)(QIL_SUPER * c.pb * nth)),
+          *tmp = malloc((size_t)(arb * nth));
+  if (!ap || !wbuf || !tmp) {
+    free(ap);
+    free(wbuf);
+    free(tmp);
+    return tide_err_set(err, TIDE_ENOMEM, "matmul: out of memory");
+  }
+  /* activation rows: q8_0 blocks repacked as for q4_0 weights (signed bytes, da, da * sum q) */
+  qv_act_ctx_t ac = {.A = A, .lda = lda, .K = K, .dt = TIDE_DTYPE_Q4_0, .tmp = tmp, .arb = arb, .ap = ap,
+                     .prb = c.prb, .M = M};
+  tide_k_run(pool, qv_act_task, &ac, M * K * 2);
+  c.ap = ap;
+  c.wbuf = wbuf;
+  atomic_init(&c.next, 0);
+  tide_k_run(pool, qil_task, &c, M * N * K / 200 + N * K / 8);
   free(ap);
   free(wbuf);
   free(tmp);

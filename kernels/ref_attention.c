@@ -1,4 +1,5 @@
-/* ref_attention.c: scalar references for kv_store and paged causal attention. */
+/* ref_attention.c: scalar references for kv_store and paged causal attention
+ * (caches in f32, bf16, f16, f8_e4m3 or the q8_0 block format). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -6,8 +7,15 @@
 
 /* Element c of a cache row as float32. */
 static float cache_get(const tide_tensor_t *c, const tide_k_cache_t *cd, const char *row, int64_t col) {
+  const tide_dtype_traits_t *tr = tide_dtype_traits(c->dtype);
   float v;
-  tide_dtype_traits(c->dtype)->to_float(row + col * cd->s_col, &v, 1);
+  if (tr->block_size > 1) { /* block-quantized cache (q8_0 KV): dequantize the block holding col */
+    float blk[256];
+    if (tr->block_size > 256) return NAN;
+    tr->to_float(row + col / tr->block_size * tr->block_bytes, blk, tr->block_size);
+    return blk[col % tr->block_size];
+  }
+  tr->to_float(row + col * cd->s_col, &v, 1);
   return v;
 }
 
@@ -24,6 +32,17 @@ int tide_ref_kv_store(tide_tensor_t *cache, const tide_tensor_t *src, const tide
   int rc = tide_k_check_kv_store(cache, src, batch, &cd, err);
   if (rc) return rc;
   const tide_dtype_traits_t *tr = tide_dtype_traits(cache->dtype);
+  if (tr->block_size > 1) { /* block-quantized cache: gather the row, quantize its blocks */
+    float *tmp = malloc((size_t)cd.d * sizeof(float));
+    if (!tmp) return tide_err_set(err, TIDE_ENOMEM, "kv_store: out of memory");
+    for (int64_t t = 0; t < batch->n_tok; t++)
+      for (int64_t h = 0; h < cd.n_kv; h++) {
+        for (int64_t c = 0; c < cd.d; c++) tmp[c] = tide_k_get(src, t * cd.n_kv + h, c);
+        tr->from_float(tmp, slot(cache, &cd, batch, t, batch->tok_pos[t], h), cd.d);
+      }
+    free(tmp);
+    return 0;
+  }
   for (int64_t t = 0; t < batch->n_tok; t++)
     for (int64_t h = 0; h < cd.n_kv; h++) {
       char *row = slot(cache, &cd, batch, t, batch->tok_pos[t], h);

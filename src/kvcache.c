@@ -27,11 +27,6 @@ struct tide_kvcache {
   int32_t n_live;
 };
 
-static int64_t elem_bytes(int32_t dtype) {
-  const tide_dtype_traits_t *tr = tide_dtype_traits(dtype);
-  return tr ? tr->block_bytes : 0;
-}
-
 int tide_kvcache_new(int32_t n_layer, const tide_kv_layout_t *layouts, int32_t block_size, int32_t n_blocks,
                      int32_t dtype, tide_kvcache_t **out, tide_err_t *err) {
   if (!out) return tide_err_set(err, TIDE_EINVAL, "kvcache: no output pointer");
@@ -41,14 +36,20 @@ int tide_kvcache_new(int32_t n_layer, const tide_kv_layout_t *layouts, int32_t b
   if (block_size <= 0 || block_size > 65536)
     return tide_err_set(err, TIDE_EINVAL, "kvcache: bad block size %d", block_size);
   if (n_blocks <= 0) return tide_err_set(err, TIDE_EINVAL, "kvcache: bad block count %d", n_blocks);
-  if (dtype != TIDE_DTYPE_F32 && dtype != TIDE_DTYPE_BF16 && dtype != TIDE_DTYPE_F16)
-    return tide_err_set(err, TIDE_EDTYPE, "kvcache: dtype must be f32, bf16 or f16 (got %d)", dtype);
+  if (dtype != TIDE_DTYPE_F32 && dtype != TIDE_DTYPE_BF16 && dtype != TIDE_DTYPE_F16 && dtype != TIDE_DTYPE_F8_E4M3 &&
+      dtype != TIDE_DTYPE_Q8_0)
+    return tide_err_set(err, TIDE_EDTYPE, "kvcache: dtype must be f32, bf16, f16, f8_e4m3 or q8_0 (got %d)", dtype);
+  int32_t qk = tide_dtype_traits(dtype)->block_size;
   for (int32_t l = 0; l < n_layer; l++) {
     const tide_kv_layout_t *lo = &layouts[l];
     if (lo->n_kv_head <= 0 || lo->k_dim <= 0 || lo->v_dim < 0 || lo->n_kv_head > 65536 || lo->k_dim > 1 << 20 ||
         lo->v_dim > 1 << 20)
       return tide_err_set(err, TIDE_EINVAL, "kvcache: layer %d: bad layout (heads %d, k_dim %d, v_dim %d)", l,
                           lo->n_kv_head, lo->k_dim, lo->v_dim);
+    if (lo->k_dim % qk || lo->v_dim % qk)
+      return tide_err_set(err, TIDE_EINVAL,
+                          "kvcache: layer %d: %s rows need k_dim %d and v_dim %d to be multiples of %d", l,
+                          tide_dtype_traits(dtype)->name, lo->k_dim, lo->v_dim, qk);
   }
   tide_kvcache_t *kv = calloc(1, sizeof *kv);
   if (!kv) return tide_err_set(err, TIDE_ENOMEM, "kvcache: out of memory");
@@ -125,7 +126,8 @@ tide_tensor_t *tide_kvcache_v(tide_kvcache_t *kv, int32_t layer) {
 
 static int64_t layer_token_bytes(const tide_kvcache_t *kv, int32_t l) {
   const tide_kv_layout_t *lo = &kv->layouts[l];
-  return (int64_t)lo->n_kv_head * (lo->k_dim + lo->v_dim) * elem_bytes(kv->dtype);
+  /* whole blocks per row (q8_0: 34 bytes per 32 values, the scale included) */
+  return (int64_t)lo->n_kv_head * (tide_dtype_row_bytes(kv->dtype, lo->k_dim) + tide_dtype_row_bytes(kv->dtype, lo->v_dim));
 }
 
 int64_t tide_kvcache_bytes_per_token(const tide_kvcache_t *kv, int32_t layer) {

@@ -7,7 +7,13 @@
  *   Llama:  n_kv_head K heads of head_dim and as many V heads,
  *   MLA:    one latent row of kv_lora_rank + qk_rope_head_dim (v_dim = 0:
  *           attention reads V as a view of the first kv_lora_rank of K).
- * The cache owns no policy: who gets blocks and when is decided in Lua. */
+ * The cache owns no policy: who gets blocks and when is decided in Lua.
+ *
+ * KV dtype (one for all layers): f32, bf16, f16, f8_e4m3 (no scale: values
+ * must stay within e4m3's range, +-448, which RMS-normalized MLA latents and
+ * attention K/V of the shipped models do), or q8_0 (GGML's block layout: per
+ * 32 values an f16 scale and 32 int8, 34 bytes; k_dim and v_dim must be
+ * multiples of 32). Attention dequantizes q8_0 rows as it reads them. */
 #ifndef TIDE_KVCACHE_H
 #define TIDE_KVCACHE_H
 
@@ -27,7 +33,7 @@ typedef struct tide_kv_layout {
 
 typedef struct tide_kvcache tide_kvcache_t;
 
-/* n_layer layouts; n_blocks blocks of block_size slots; dtype f32, bf16 or f16. */
+/* n_layer layouts; n_blocks blocks of block_size slots; dtype f32, bf16, f16, f8_e4m3 or q8_0. */
 int tide_kvcache_new(int32_t n_layer, const tide_kv_layout_t *layouts, int32_t block_size, int32_t n_blocks,
                      int32_t dtype, tide_kvcache_t **out, tide_err_t *err);
 void tide_kvcache_free(tide_kvcache_t *kv);
@@ -46,7 +52,7 @@ int32_t tide_kvcache_block_refs(const tide_kvcache_t *kv, int32_t block);
 tide_tensor_t *tide_kvcache_k(tide_kvcache_t *kv, int32_t layer);
 tide_tensor_t *tide_kvcache_v(tide_kvcache_t *kv, int32_t layer);
 
-/* Bytes one token takes in a layer (K and V rows of every head), or summed
+/* Bytes one token takes in a layer (K and V rows of every head, whole q8_0 blocks with their scales), or summed
  * over all layers when layer < 0; -1 when layer >= n_layer. */
 int64_t tide_kvcache_bytes_per_token(const tide_kvcache_t *kv, int32_t layer);
 /* Bytes of all layer tensors. */

@@ -89,6 +89,7 @@ local lazy = {
   { "profile", "tide.cmd.profile", "per-op profile of decode steps and a Chrome trace" },
   { "plan", "tide.cmd.plan", "deployment planner: predict a recipe on other hardware (recipes/hardware)" },
   { "calibrate", "tide.cmd.calibrate", "measure this machine into a hardware profile for tide plan" },
+  { "bench", "tide.cmd.bench", "quantization speed: decode/prefill vs roofline and llama.cpp (table + JSON)" },
 }
 for _, l in ipairs(lazy) do
   local ok = package.searchpath and package.searchpath(l[2], package.path)

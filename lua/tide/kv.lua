@@ -16,9 +16,43 @@ KV.__index = KV
 
 local M = { KV = KV }
 
+-- A view of a block-quantized cache tensor (byte offset, shape, byte strides:
+-- the innermost dimension whole blocks), anchored to the cache.
+local function block_view(self, t, offset, shape, stride)
+  local sh, st = ffi.new("int64_t[4]"), ffi.new("int64_t[4]")
+  for i = 1, #shape do sh[i - 1], st[i - 1] = shape[i], stride[i] end
+  local out = ffi.new("tide_tensor_t*[1]")
+  if C.tide_tensor_view(t._p, offset, #shape, sh, st, out, err) ~= 0 then return nil, F.errmsg() end
+  return setmetatable({ _p = ffi.gc(out[0], C.tide_tensor_release), _own = true, _keep = self }, T.Tensor)
+end
+
+-- The MLA views of a q8_0 latent cache (rows of kvl + dr values, both whole
+-- 32-value blocks), under the names nn.MLA's cache_views uses (kv.mla_views):
+-- full row, latent part, rope part, rows as a 2-D table, V = the latent part.
+local function mla_block_views(self, l, kvl)
+  local k, lo = self.k[l], self.layouts[l]
+  local D, nb, bs = lo.k_dim, self.n_blocks, self.block_size
+  local dr, dt = D - kvl, k._p.dtype -- both whole blocks (checked in M.new)
+  local rb = tonumber(C.tide_dtype_row_bytes(dt, D))
+  local lb = tonumber(C.tide_dtype_row_bytes(dt, kvl))
+  local blk = tonumber(C.tide_dtype_traits(dt).block_bytes)
+  local v, e = {}, nil
+  v.full = k
+  v.lat, e = block_view(self, k, 0, { nb, bs, 1, kvl }, { bs * rb, rb, rb, blk })
+  if not v.lat then return nil, e end
+  v.pe, e = block_view(self, k, lb, { nb, bs, 1, dr }, { bs * rb, rb, rb, blk })
+  if not v.pe then return nil, e end
+  v.flat, e = block_view(self, k, 0, { nb * bs, D }, { rb, blk })
+  if not v.flat then return nil, e end
+  v.v = v.lat
+  return v
+end
+
 -- layouts: one {n_kv_head, k_dim, v_dim} per layer (v_dim 0: V is read from
 -- the first `v_from_k` columns of K, MLA). opts: block (16), blocks (count),
--- dtype ("f32" | "bf16" | "f16").
+-- dtype ("f32" | "bf16" | "f16" | "f8_e4m3" | "q8_0"; see src/kvcache.h:
+-- q8_0 is GGML's block format, rows must be whole 32-value blocks; f8_e4m3
+-- has no scale).
 function M.new(layouts, opts)
   opts = opts or {}
   local n = #layouts
@@ -31,7 +65,17 @@ function M.new(layouts, opts)
   end
   local block = opts.block or 16
   local blocks = opts.blocks or 256
-  local dt = T.dtype_id(opts.dtype or "f32")
+  local okd, dt = pcall(T.dtype_id, opts.dtype or "f32")
+  if not okd then return nil, "kv: unknown dtype '" .. tostring(opts.dtype) .. "'" end
+  local qk = C.tide_dtype_traits(dt) ~= nil and C.tide_dtype_traits(dt).block_size or 1
+  for _, l in ipairs(layouts) do
+    local vf = l.v_from_k
+    if qk > 1 and vf and (vf % qk ~= 0 or (l.k_dim - vf) % qk ~= 0) then
+      return nil, string.format("kv: a %s cache needs the MLA latent (kv_lora_rank %d) and rope (qk_rope_head_dim %d) "
+        .. "widths to be multiples of %d; use kv dtype f8_e4m3, bf16 or f16 for this model", tostring(opts.dtype), vf,
+        l.k_dim - vf, qk)
+    end
+  end
   local out = ffi.new("tide_kvcache_t*[1]")
   if C.tide_kvcache_new(n, lo, block, blocks, dt, out, err) ~= 0 then return nil, F.errmsg() end
   local self = setmetatable({
@@ -55,7 +99,13 @@ function M.new(layouts, opts)
       self.v[l] = setmetatable({ _p = vp, _keep = self }, T.Tensor)
     else
       local vf = layouts[l].v_from_k
-      if vf then
+      if vf and C.tide_dtype_traits(dt).block_size > 1 then
+        local v, e = mla_block_views(self, l, vf)
+        if not v then return nil, e end
+        self.mla_views = self.mla_views or {}
+        self.mla_views[l] = v
+        self.v[l] = v.v
+      elseif vf then
         local k = self.k[l]
         local kd = layouts[l].k_dim * layouts[l].n_kv_head
         self.v[l] = k:as_strided({ blocks, block, layouts[l].n_kv_head, vf },

@@ -463,7 +463,7 @@ static void test_ops_fast_vec_avx2_matches_portable(void **state) {
   (void)state;
   if (!tide_k_has_avx2()) skip();
   tu_rng_t rng = {23};
-  const int64_t ns[] = {0, 1, 7, 8, 9, 31, 33, 257, 1000};
+  const int64_t ns[] = {0, 1, 7, 8, 9, 31, 33, 64, 96, 128, 257, 1000}; /* multiples of 16: the AVX-512 f32 dotn / axpyn */
   float a[1000], b[1000], y1[1000], y2[1000];
   uint16_t h[1000], bf[1000];
   uint8_t f8[1000];

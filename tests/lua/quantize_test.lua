@@ -4,6 +4,7 @@
 local tide = require "tide"
 local H = require "helpers"
 local Q = require "tide.quant.quantize"
+local ffi = require "ffi"
 
 local T = {}
 
@@ -106,6 +107,84 @@ function T.command_line_and_errors()
   H.eq(code, 1, out)
   H.truthy(out:match("not found"), out)
   H.fails("Hugging Face folder", Q.run({ model = d .. "/x.gguf", scheme = "q8_0", out = d .. "/z.gguf" }))
+end
+
+-- Acceptance 2 both ways (tide.quant.roundtrip, also bench/quant_roundtrip.lua):
+-- llama.cpp's own quantizer (libllama from the npm package) makes Q8_0 and
+-- Q4_K_M GGUFs of Tide's F32 GGUF of llama-tiny and dsv3-tiny; `tide
+-- quantize` makes q8_0 / q4_k ones; Tide and llama.cpp decode every fixture
+-- prompt greedily for 24 tokens. On each, Tide fed llama.cpp's tokens so far
+-- must pick llama.cpp's next token at >= 20 of 24 positions (free-running
+-- sequences drift apart after the first near tie, see the bench for those
+-- numbers). Also: llama.cpp's fallback q5_0 blocks are byte-identical to
+-- Tide's q5_0 quantizer on the same floats.
+function T.llama_cpp_quantized_ggufs_run_in_tide_and_back()
+  local R = require "tide.quant.roundtrip"
+  local env, why = R.env()
+  if not env then
+    io.stderr:write("  (skipped the llama.cpp round trip: ", why, ")\n")
+    return
+  end
+  local d = H.tmpdir()
+  local rows = assert(R.run(env, { dir = d, n = 24 }))
+  H.eq(#rows, 2 * 2 * 2 * 4, "model x format x direction x prompt")
+  local forced, total = 0, 0
+  for _, r in ipairs(rows) do
+    H.truthy(r.forced >= 20, string.format("%s %s %s prompt %d: %d/24 forced (tide %s, llama.cpp %s)", r.model,
+      r.format, r.direction, r.prompt, r.forced, table.concat(r.tide, ","), table.concat(r.llama_cpp, ",")))
+    H.truthy(r.prefix >= 1, "first token agrees")
+    forced, total = forced + r.forced, total + r.n
+  end
+  H.truthy(forced >= 0.95 * total, string.format("forced agreement %d/%d", forced, total))
+  -- llama.cpp's q5_0 (its fallback for q4_k rows of 64..160 columns) against Tide's quantizer
+  local base = assert(tide.gguf.open(d .. "/dsv3-tiny-f32.gguf"))
+  local lc = assert(tide.gguf.open(d .. "/dsv3-tiny-q4_k-llamacpp.gguf"))
+  local n5 = 0
+  for _, ti in ipairs(lc:tensor_info()) do
+    if ti.dtype == "q5_0" then
+      local q = assert(lc:tensor(ti.name))
+      local mine = assert(base:tensor(ti.name)):to("q5_0")
+      H.eq(mine:nbytes(), q:nbytes(), ti.name)
+      H.truthy(ffi.string(mine:data_ptr("char*"), mine:nbytes()) == ffi.string(q:data_ptr("char*"), q:nbytes()),
+        "q5_0 bytes of " .. ti.name)
+      n5 = n5 + 1
+    end
+  end
+  H.truthy(n5 > 0, "llama.cpp's Q4_K_M file has q5_0 tensors")
+  base:close()
+  lc:close()
+end
+
+-- tide bench (acceptance 5): a table a person reads and a JSON line per case,
+-- on the smallest preset so the test stays quick; bad options are refused.
+function T.bench_command_prints_table_and_json()
+  local out, code = H.sh(H.q(H.tide) .. " bench --help")
+  H.eq(code, 0, out)
+  H.truthy(out:match("usage: tide bench") and out:match("%-%-formats"), out)
+  local d = H.tmpdir()
+  out, code = H.sh(H.q(H.tide) .. " bench --preset llama-tiny --formats q8_0,q4_k --prompt 8 --gen 3 --repeats 1" ..
+    " --threads 1 --no-llama-cpp --bw-mib 16 --dir " .. H.q(d))
+  H.eq(code, 0, out)
+  local cases = {}
+  for line in out:gmatch("[^\n]+") do
+    if line:match('^{"bench":"quant_speed"') then
+      local r = require("cjson").decode(line)
+      cases[r.case] = r
+      H.truthy(r.decode_tps > 0 and r.prefill_tps > 0 and r.bw_gbps > 0 and r.decode_roofline_frac > 0, line)
+      H.eq(r.threads, 1)
+      H.eq(r.llama_decode_tps, nil, "no llama.cpp columns with --no-llama-cpp")
+    end
+  end
+  H.truthy(cases["llama-tiny/q8_0"] and cases["llama-tiny/q4_k"], out)
+  H.truthy(out:match('"probe":"read_bw"') and out:match('"probe":"gemm"'), "probes in the same run")
+  H.truthy(out:match("case%s+decode t/s%s+of roofline") and out:match("\nllama%-tiny/q4_k%s+[%d%.]+"), "table: " .. out)
+  H.truthy(out:match("llama.cpp skipped: disabled"), "says why llama.cpp is missing")
+  out, code = H.sh(H.q(H.tide) .. " bench --formats q3_x --no-llama-cpp")
+  H.eq(code, 1, out)
+  H.truthy(out:match("unknown format"), out)
+  out, code = H.sh(H.q(H.tide) .. " bench --preset nope")
+  H.eq(code, 1, out)
+  H.truthy(out:match("unknown preset"), out)
 end
 
 return T

@@ -8,17 +8,19 @@ local ffi = require "ffi"
 local M = {}
 
 M.usage = [[
-usage: tide kld --base PATH --model PATH --file TEXT [--ctx 256] [--max-tokens 4096] [--json]
+usage: tide kld --base PATH --model PATH --file TEXT [--ctx 256] [--max-tokens 4096] [--kv-dtype T] [--json]
 
   --base PATH        reference model (Hugging Face folder or .gguf)
   --model PATH       model compared against it (e.g. a quantized .gguf)
   --file TEXT        the text (the base model's tokenizer encodes it)
   --ctx N            window length (default 256)
   --max-tokens N     tokens scored (default 4096)
+  --kv-dtype T       KV cache dtype of --model (f32, bf16, f16, f8_e4m3, q8_0; the base keeps f32):
+                     with --model the same as --base, the cost of a quantized KV cache alone
   --threads N        compute threads
   --json             one JSON line: kld_mean, kld_p99, kld_max, top1, ppl_base, ppl_model, ppl_ratio, tokens]]
 
-local spec = { base = "string", model = "string", file = "string", ctx = "number", max_tokens = "number",
+local spec = { base = "string", model = "string", file = "string", ctx = "number", max_tokens = "number", kv_dtype = "string",
   json = "flag", threads = "number" }
 
 -- log-softmax statistics of one row: returns max, log-sum-exp
@@ -94,8 +96,10 @@ function M.main(args)
   local kvo = { blocks = math.ceil(ctx / 16) + 2 }
   local base, be = tide.load(o.base, { threads = o.threads, kv = kvo })
   if not base then return fail(be) end
-  local model, me = tide.load(o.model, { kv = kvo })
+  local model, me = tide.load(o.model, { kv = { blocks = kvo.blocks, dtype = o.kv_dtype } })
   if not model then return fail(me) end
+  local okc, ce = pcall(model.kv_cache, model)
+  if not okc then return fail(tostring(ce):gsub("^.-kv cache: ", "")) end
   if not base.tokenizer then return fail(base.tokenizer_error or "the base model has no tokenizer") end
   local P = require "tide.cmd.ppl"
   local toks = P.token_stream(base, P.documents(text), max_tokens + 1)
@@ -103,7 +107,7 @@ function M.main(args)
   local r, ce = M.compare(base, model, toks, ctx)
   if not r then return fail(ce) end
   if o.json then
-    r.base, r.model = o.base, o.model
+    r.base, r.model, r.kv_dtype, r.kv_bytes_per_token = o.base, o.model, model.kv.dtype, model.kv:bytes_per_token()
     print(A.json(r))
   else
     print(string.format("KLD mean %.6f  p99 %.6f  max %.6f  top-1 %.2f%%  ppl %.4f / %.4f = %.4f  (%d tokens, ctx %d)",

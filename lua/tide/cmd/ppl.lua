@@ -7,17 +7,18 @@ local ffi = require "ffi"
 local M = {}
 
 M.usage = [[
-usage: tide ppl [--model PATH] --file TEXT [--ctx 256] [--max-tokens 65536] [--json]
+usage: tide ppl [--model PATH] --file TEXT [--ctx 256] [--max-tokens 65536] [--kv-dtype T] [--json]
 
   --model PATH       Hugging Face folder or .gguf (default models/dsv3-tiny)
   --file TEXT        the text (documents separated by blank lines)
   --ctx N            window length (default 256)
   --max-tokens N     tokens scored (default 65536)
   --mla MODE         auto | naive | absorb (DeepSeek-V3; default auto)
+  --kv-dtype T       KV cache dtype: f32 (default), bf16, f16, f8_e4m3, q8_0 (GGML blocks of 32)
   --threads N        compute threads
   --json             print {"nll": ..., "ppl": ..., "tokens": ...}]]
 
-local spec = { model = "string", file = "string", ctx = "number", max_tokens = "number", json = "flag",
+local spec = { model = "string", file = "string", ctx = "number", max_tokens = "number", json = "flag", kv_dtype = "string",
   mla = "string", threads = "number" }
 
 local function fail(msg)
@@ -98,17 +99,21 @@ function M.main(args)
   if ctx < 1 or max_tokens < 1 then return fail("--ctx and --max-tokens must be positive") end
   local tide = require "tide"
   local m, le = tide.load(o.model or "models/dsv3-tiny", { mla = o.mla, threads = o.threads,
-    kv = { blocks = math.ceil(ctx / 16) + 2 } })
+    kv = { blocks = math.ceil(ctx / 16) + 2, dtype = o.kv_dtype } })
   if not m then return fail(le) end
+  local okc, ce = pcall(m.kv_cache, m)
+  if not okc then return fail(tostring(ce):gsub("^.-kv cache: ", "")) end
   if not m.tokenizer then return fail(m.tokenizer_error or "the model has no tokenizer") end
   local toks = M.token_stream(m, M.documents(text), max_tokens + 1)
   if #toks < 2 then return fail("not enough text to score") end
   local nll, cnt = M.score(m, toks, ctx)
   if not nll then return fail(cnt) end
   if o.json then
-    print(A.json({ nll = nll, ppl = math.exp(nll), tokens = cnt }))
+    print(A.json({ nll = nll, ppl = math.exp(nll), tokens = cnt, kv_dtype = m.kv.dtype,
+      kv_bytes_per_token = m.kv:bytes_per_token() }))
   else
-    print(string.format("nll %.6f  ppl %.4f  tokens %d  (ctx %d)", nll, math.exp(nll), cnt, ctx))
+    print(string.format("nll %.6f  ppl %.4f  tokens %d  (ctx %d, kv %s, %d bytes/token)", nll, math.exp(nll), cnt, ctx,
+      m.kv.dtype, m.kv:bytes_per_token()))
   end
   return 0
 end
