@@ -326,7 +326,7 @@ function Report:text(top)
   o[#o + 1] = string.format("wall %.3f ms = ops %.3f ms (%.1f%%) + lua/other %.3f ms (%.1f%%); accounted %.1f%%",
     w * 1e3, self.op_seconds * 1e3, pct(self.op_seconds, w), self.other_seconds * 1e3, pct(self.other_seconds, w),
     100 * self.accounted)
-  o[#o + 1] = string.format("  lua/other includes the profiler's bookkeeping: ~%.3f ms (%.1f%%) = %d op calls x %.0f ns (measured on an empty op)",
+  o[#o + 1] = string.format("  lua/other includes the profiler's wrapper, at least ~%.3f ms (%.1f%%) = %d op calls x %.0f ns (timed on an empty op; cost functions, events and cache effects add more)",
     self.profiler_seconds * 1e3, 100 * self.profiler_share, self.op_calls, (self.per_call_overhead or 0) * 1e9)
   local names = {}
   for n in pairs(self.spans) do names[#names + 1] = n end
