@@ -459,13 +459,19 @@ static int64_t packed_row_bytes(int64_t K) {
 
 static void pack_clear(uint8_t *dst, int64_t K) { memset(dst, 0, (size_t)packed_row_bytes(K)); }
 
+/* Zero only the padding of a packed row (past K, and the scale slots past
+ * the last block): the fast packers write everything else. */
+static void pack_clear_tail(uint8_t *dst, int64_t K) {
+  int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
+  float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
+  memset(dst + K, 0, (size_t)(kp - K));
+  memset(d + nb, 0, (size_t)(kp / 32 - nb) * 4);
+  memset(c + nb, 0, (size_t)(kp / 32 - nb) * 4);
+}
+
 void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
   if (tide_k_has_avx2()) { /* same bytes, several x faster */
-    int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
-    float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
-    memset(dst + K, 0, (size_t)(kp - K));
-    memset(d + nb, 0, (size_t)(kp / 32 - nb) * 4);
-    memset(c + nb, 0, (size_t)(kp / 32 - nb) * 4);
+    pack_clear_tail(dst, K);
     tide_quant_pack_act_avx2(dt, a, K, dst);
     return;
   }
@@ -492,11 +498,7 @@ void tide_quant_pack_act_c(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
 
 void tide_quant_pack_weight(int32_t dt, const void *w, int64_t K, uint8_t *dst) {
   if ((dt == TIDE_DTYPE_Q8_0 || dt == TIDE_DTYPE_Q4_0) && tide_k_has_avx2()) { /* same bytes, several x faster */
-    int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
-    float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
-    memset(dst + K, 0, (size_t)(kp - K));
-    memset(d + nb, 0, (size_t)(kp / 32 - nb) * 4);
-    memset(c + nb, 0, (size_t)(kp / 32 - nb) * 4);
+    pack_clear_tail(dst, K);
     tide_quant_pack_weight_avx2(dt, w, K, dst);
     return;
   }

@@ -234,6 +234,41 @@ local function grow(self, name, ct, n)
   end
   return b
 end
+M.grow = grow
+
+-- This rank's experts over the rows it received: xr holds rtot rows from R
+-- sources in source order (rrows[s + 1] from source s, of which cr[s * W + j]
+-- for local slot j, slots in order). Rows are gathered slot-major, each slot
+-- runs its expert once over all its rows (loc[j + 1], slot loads in sl), and
+-- the results land in yr in received order. Scratch lives in ws and holder.
+function M.run_received(ws, holder, xr, yr, rtot, rrows, cr, W, per, R, dim, I, loc, sl)
+  local xg, yg = ws:get("ep.xg", rtot, dim), ws:get("ep.yg", rtot, dim)
+  local g, u = ws:get("ep.g", rtot, I), ws:get("ep.u", rtot, I)
+  local xgp, ygp = ffi.cast("float*", xg._p.data), ffi.cast("float*", yg._p.data)
+  local back = grow(holder, "b_back", "int32_t[?]", rtot) -- slot-major row -> received row
+  local src_off, acc = {}, 0
+  for s = 0, R - 1 do src_off[s] = acc; acc = acc + rrows[s + 1] end
+  local k = 0
+  for j = 0, per - 1 do
+    local k0 = k
+    for s = 0, R - 1 do
+      local base = src_off[s]
+      for jj = 0, j - 1 do base = base + cr[s * W + jj] end
+      for q = 0, cr[s * W + j] - 1 do
+        back[k] = base + q
+        ffi.copy(xgp + k * dim, xr + (base + q) * dim, dim * 4)
+        k = k + 1
+      end
+    end
+    local m = k - k0
+    if m > 0 then
+      sl[j] = sl[j] + m
+      loc[j + 1]:forward_into(ws:view("ep.y" .. j, yg, k0 * dim, m, dim), ws:view("ep.x" .. j, xg, k0 * dim, m, dim),
+        ws:view("ep.g" .. j, g, k0 * I, m, I), ws:view("ep.u" .. j, u, k0 * I, m, I))
+    end
+  end
+  for q = 0, rtot - 1 do ffi.copy(yr + back[q] * dim, ygp + q * dim, dim * 4) end
+end
 
 -- Rows of a step's routed (token, expert) pairs in the single-process order
 -- (by logical expert, stable in token order): pos maps routed index -> row;
@@ -419,40 +454,9 @@ function Plan:exchange(moe, ws, x, n, key)
   self.bytes.dispatch = self.bytes.dispatch + nk * rowb
   -- experts: gather received rows slot-major (source order inside a slot)
   if rtot > 0 then
-    local src_off = {}
-    local acc = 0
-    for s = 0, R - 1 do src_off[s] = acc; acc = acc + rrows[s + 1] end
-    local xg = ws:get("ep.xg", rtot, dim)
-    local yg = ws:get("ep.yg", rtot, dim)
-    local g = ws:get("ep.g", rtot, I)
-    local u = ws:get("ep.u", rtot, I)
-    local xgp = ffi.cast("float*", xg._p.data)
-    local back = grow(self, "b_back", "int32_t[?]", rtot) -- slot-major row -> received row
-    local k = 0
-    local sl = self.slot_loads[li]
-    local loc = self.local_experts[li]
-    for j = 0, per - 1 do
-      local k0 = k
-      for s = 0, R - 1 do
-        local base = src_off[s]
-        for jj = 0, j - 1 do base = base + cr[s * (per + 1) + jj] end
-        for q = 0, cr[s * (per + 1) + j] - 1 do
-          back[k] = base + q
-          ffi.copy(xgp + k * dim, xr + (base + q) * dim, dim * 4)
-          k = k + 1
-        end
-      end
-      local m = k - k0
-      if m > 0 then
-        sl[j] = sl[j] + m
-        loc[j + 1]:forward_into(ws:view("ep.y" .. j, yg, k0 * dim, m, dim), ws:view("ep.x" .. j, xg, k0 * dim, m, dim),
-          ws:view("ep.g" .. j, g, k0 * I, m, I), ws:view("ep.u" .. j, u, k0 * I, m, I))
-      end
-    end
-    -- results back to received order
     local yr = grow(self, "b_yr", "float[?]", rtot * dim)
-    local ygp = ffi.cast("float*", yg._p.data)
-    for q = 0, rtot - 1 do ffi.copy(yr + back[q] * dim, ygp + q * dim, dim * 4) end
+    M.run_received(ws, self, xr, yr, rtot, rrows, cr, per + 1, per, R, dim, I, self.local_experts[li],
+      self.slot_loads[li])
     self.yr_buf = yr
   end
   -- combine: the reverse exchange

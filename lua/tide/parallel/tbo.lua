@@ -30,15 +30,8 @@ local pp = require "tide.parallel.pp"
 
 local M = {}
 
-local function grow(st, name, ct, n)
-  local b = st[name]
-  if not b or st[name .. "_n"] < n then
-    n = math.max(n, 16, math.floor((st[name .. "_n"] or 0) * 1.5))
-    b = ffi.new(ct, n)
-    st[name], st[name .. "_n"] = b, n
-  end
-  return b
-end
+local EP = require "tide.parallel.ep"
+local grow = EP.grow
 
 -- Half st's MoE layer, phase 1: route, exchange the per-slot counts
 -- (blocking), post the dispatch, run the shared experts. x (n, dim), n >= 0.
@@ -118,33 +111,8 @@ function M.experts(plan, st)
   local rtot = st.rtot
   local yr = grow(st, "yr", "float[?]", rtot * dim + 1)
   if rtot > 0 then
-    local xg, yg = ws:get("ep.xg", rtot, dim), ws:get("ep.yg", rtot, dim)
-    local g, u = ws:get("ep.g", rtot, I), ws:get("ep.u", rtot, I)
-    local xgp, ygp = ffi.cast("float*", xg._p.data), ffi.cast("float*", yg._p.data)
-    local back = grow(st, "back", "int32_t[?]", rtot)
-    local src_off, acc = {}, 0
-    for s = 0, R - 1 do src_off[s] = acc; acc = acc + st.rrows[s + 1] end
-    local loc, sl = plan.local_experts[li], plan.slot_loads[li]
-    local k = 0
-    for j = 0, per - 1 do
-      local k0 = k
-      for s = 0, R - 1 do
-        local base = src_off[s]
-        for jj = 0, j - 1 do base = base + cr[s * W + jj] end
-        for q = 0, cr[s * W + j] - 1 do
-          back[k] = base + q
-          ffi.copy(xgp + k * dim, st.xr + (base + q) * dim, dim * 4)
-          k = k + 1
-        end
-      end
-      local m = k - k0
-      if m > 0 then
-        sl[j] = sl[j] + m
-        loc[j + 1]:forward_into(ws:view("ep.y" .. j, yg, k0 * dim, m, dim), ws:view("ep.x" .. j, xg, k0 * dim, m, dim),
-          ws:view("ep.g" .. j, g, k0 * I, m, I), ws:view("ep.u" .. j, u, k0 * I, m, I))
-      end
-    end
-    for q = 0, rtot - 1 do ffi.copy(yr + back[q] * dim, ygp + q * dim, dim * 4) end
+    EP.run_received(ws, st, st.xr, yr, rtot, st.rrows, cr, W, per, R, dim, I, plan.local_experts[li],
+      plan.slot_loads[li])
   end
   st.yb = grow(st, "yb", "float[?]", st.nk * dim + 1)
   st.creq = assert(plan.comm:ialltoallv(yr, st.rb, st.yb, st.sb))
