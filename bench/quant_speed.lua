@@ -67,7 +67,9 @@ function B.ensure(dir, preset, ty)
   local g = dir .. "/" .. preset .. "-" .. ty .. ".gguf"
   if not exists(g) then
     log("quantize %s %s -> %s", preset, ty, g)
-    assert(require("tide.quant.quantize").run({ model = hf, scheme = ty, out = g }))
+    local tmp = g .. ".part.gguf" -- an interrupted run leaves no half-written GGUF under the real name
+    assert(require("tide.quant.quantize").run({ model = hf, scheme = ty, out = tmp }))
+    assert(os.rename(tmp, g))
   end
   return g
 end

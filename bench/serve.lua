@@ -75,32 +75,12 @@ local function cpu()
   ffi.C.getrusage(0, ru)
   return tonumber(ru.utime_s) + tonumber(ru.utime_us) * 1e-6 + tonumber(ru.stime_s) + tonumber(ru.stime_us) * 1e-6
 end
+-- the checkpoint (made once, cached) and medians: shared with bench/quant_speed.lua
+local here = (arg and type(arg[0]) == "string" and arg[0]:match("^(.*)/[^/]*$")) or "bench"
+local QS = dofile(here .. "/quant_speed.lua")
 local function exists(p) local f = io.open(p, "rb") if f then f:close() return true end return false end
-local function median(t)
-  local s = {}
-  for i, v in ipairs(t) do s[i] = v end
-  table.sort(s)
-  local n = #s
-  if n == 0 then return nil end
-  return n % 2 == 1 and s[(n + 1) / 2] or (s[n / 2] + s[n / 2 + 1]) / 2
-end
-
--- ---- the checkpoint (made once, cached) ----
-local function ensure()
-  local hf = dir .. "/" .. preset
-  if not exists(hf .. "/config.json") then
-    log("synth %s -> %s", preset, hf)
-    assert(require("tide.synth").write({ preset = preset, out = hf }))
-  end
-  local g = dir .. "/" .. preset .. "-" .. ty .. ".gguf"
-  if not exists(g) then
-    log("quantize %s %s -> %s", preset, ty, g)
-    local tmp = g .. ".part.gguf"
-    assert(require("tide.quant.quantize").run({ model = hf, scheme = ty, out = tmp }))
-    assert(os.rename(tmp, g))
-  end
-  return g
-end
+local median = QS.median
+local function ensure() return QS.ensure(dir, preset, ty) end
 
 -- ---- probes ----
 local function probe_bw()
