@@ -4,6 +4,7 @@
  * scalar reference for the ref entry points), so every weight format works
  * unchanged; what the grouping saves is the per-call dispatch from Lua, one
  * call per head or per expert projection. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,6 +106,80 @@ static int check_rows(const tide_tensor_t *t, int64_t rows, const char *name, ti
   return 0;
 }
 
+/* Decode-sized MoE steps (a few rows on each of several experts) spread
+ * whole experts over the pool's threads, each expert's products on one
+ * thread: two pool runs per layer (gate, up and swiglu; then down) instead
+ * of one per product, each of which costs a wake-up of the threads. */
+enum { SPREAD_MAX_ROWS = 4 };
+
+static int few_rows(tide_pool_t *pool, const int32_t *offsets, int32_t n_expert) {
+  if (!pool || tide_pool_threads(pool) < 2) return 0;
+  int32_t active = 0;
+  for (int32_t e = 0; e < n_expert; e++) {
+    int32_t m = offsets[e + 1] - offsets[e];
+    if (m > SPREAD_MAX_ROWS) return 0;
+    active += m > 0;
+  }
+  return active >= 2;
+}
+
+typedef struct {
+  tide_tensor_t *y, *g, *u;
+  const tide_tensor_t *x;
+  const int32_t *offsets;
+  const tide_tensor_t *const *w;
+  int32_t n_expert, phase; /* 0: gate, up, swiglu; 1: down */
+  atomic_int next, failed;
+  tide_err_t err; /* written by the first thread that fails */
+} spread_ctx_t;
+
+static void spread_task(void *arg, int32_t ith, int32_t nth) {
+  (void)ith;
+  (void)nth;
+  spread_ctx_t *c = arg;
+  int64_t dim = c->x->shape[1], I = c->g->shape[1];
+  for (;;) {
+    int32_t e = atomic_fetch_add(&c->next, 1);
+    if (e >= c->n_expert || atomic_load(&c->failed)) break;
+    int64_t r0 = c->offsets[e], m = c->offsets[e + 1] - r0;
+    if (m == 0) continue;
+    tide_tensor_t gv = view2(c->g, r0 * I * 4, m, I, I * 4, 4);
+    tide_err_t err;
+    int rc;
+    if (c->phase == 0) {
+      tide_tensor_t xv = view2(c->x, r0 * dim * 4, m, dim, dim * 4, 4);
+      tide_tensor_t uv = view2(c->u, r0 * I * 4, m, I, I * 4, 4);
+      if (!(rc = tide_op_matmul(NULL, &gv, &xv, c->w[3 * e], 1, &err)) &&
+          !(rc = tide_op_matmul(NULL, &uv, &xv, c->w[3 * e + 1], 1, &err)))
+        rc = tide_op_swiglu(NULL, &gv, &gv, &uv, &err);
+    } else {
+      tide_tensor_t yv = view2(c->y, r0 * dim * 4, m, dim, dim * 4, 4);
+      rc = tide_op_matmul(NULL, &yv, &gv, c->w[3 * e + 2], 1, &err);
+    }
+    if (rc && atomic_exchange(&c->failed, 1) == 0) c->err = err;
+  }
+}
+
+static int experts_spread(tide_pool_t *pool, tide_tensor_t *y, const tide_tensor_t *x, tide_tensor_t *g,
+                          tide_tensor_t *u, const int32_t *offsets, int32_t n_expert, const tide_tensor_t *const *w,
+                          tide_err_t *err) {
+  for (int32_t e = 0; e < n_expert; e++)
+    if (offsets[e + 1] > offsets[e] && (!w[3 * e] || !w[3 * e + 1] || !w[3 * e + 2]))
+      return tide_err_set(err, TIDE_EINVAL, "moe_experts: expert %d has rows but no weights", e);
+  spread_ctx_t c = {.y = y, .g = g, .u = u, .x = x, .offsets = offsets, .w = w, .n_expert = n_expert};
+  for (int32_t phase = 0; phase < 2; phase++) {
+    c.phase = phase;
+    atomic_init(&c.next, 0);
+    atomic_init(&c.failed, 0);
+    tide_pool_run(pool, spread_task, &c);
+    if (atomic_load(&c.failed)) {
+      if (err) *err = c.err;
+      return c.err.code ? c.err.code : TIDE_EINVAL;
+    }
+  }
+  return 0;
+}
+
 static int experts(const runner_t *r, tide_tensor_t *y, const tide_tensor_t *x, tide_tensor_t *g, tide_tensor_t *u,
                    const int32_t *offsets, int32_t n_expert, const tide_tensor_t *const *w, tide_err_t *err) {
   if (!x || !offsets || !w || n_expert < 0)
@@ -125,6 +200,7 @@ static int experts(const runner_t *r, tide_tensor_t *y, const tide_tensor_t *x, 
     if (offsets[e + 1] < offsets[e])
       return tide_err_set(err, TIDE_EINVAL, "moe_experts: offsets decrease at expert %d", e);
   int64_t dim = x->shape[1], I = g->shape[1];
+  if (!r->ref && few_rows(r->pool, offsets, n_expert)) return experts_spread(r->pool, y, x, g, u, offsets, n_expert, w, err);
   for (int32_t e = 0; e < n_expert && rc == 0; e++) {
     int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m == 0) continue;

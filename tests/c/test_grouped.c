@@ -109,10 +109,13 @@ static void test_grouped_moe_experts_match_reference(void **state) {
   tu_rng_t rng = {29};
   tide_err_t err;
   enum { E = 5, R = 9, DIM = 64, I = 32 };
-  const int32_t off[E + 1] = {0, 2, 2, 5, 6, 9}; /* expert 1 has no rows */
+  /* expert 1 has no rows; with at most 4 rows per expert, pools of 2+
+   * threads spread whole experts over threads, else each product is split */
+  const int32_t offs[2][E + 1] = {{0, 2, 2, 5, 6, 9}, {0, 1, 1, 1, 8, 9}};
   const int32_t dts[2] = {TIDE_DTYPE_F32, TIDE_DTYPE_Q8_0};
-  for (int di = 0; di < 2; di++) {
-    int32_t dt = dts[di];
+  for (int case_ = 0; case_ < 4; case_++) {
+    int32_t dt = dts[case_ % 2];
+    const int32_t *off = offs[case_ / 2];
     int64_t xs[2] = {R, DIM}, gs[2] = {R, I}, wgs[2] = {I, DIM}, wds[2] = {DIM, I};
     tide_tensor_t *x = tu_rand_tensor(&rng, 2, xs, 1.0f);
     tide_tensor_t *w[3 * E] = {0};
