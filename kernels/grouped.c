@@ -167,11 +167,17 @@ static int experts_spread(tide_pool_t *pool, tide_tensor_t *y, const tide_tensor
     if (offsets[e + 1] > offsets[e] && (!w[3 * e] || !w[3 * e + 1] || !w[3 * e + 2]))
       return tide_err_set(err, TIDE_EINVAL, "moe_experts: expert %d has rows but no weights", e);
   spread_ctx_t c = {.y = y, .g = g, .u = u, .x = x, .offsets = offsets, .w = w, .n_expert = n_expert};
+  /* ~ns on one core, as matmul estimates it: tiny experts stay on the caller */
+  int64_t dim = x->shape[1], I = g->shape[1], work = 0;
+  for (int32_t e = 0; e < n_expert; e++) {
+    int64_t m = offsets[e + 1] - offsets[e];
+    if (m) work += m * I * dim / 20 + I * dim / 5;
+  }
   for (int32_t phase = 0; phase < 2; phase++) {
     c.phase = phase;
     atomic_init(&c.next, 0);
     atomic_init(&c.failed, 0);
-    tide_pool_run(pool, spread_task, &c);
+    tide_k_run(pool, spread_task, &c, phase == 0 ? 2 * work : work);
     if (atomic_load(&c.failed)) {
       if (err) *err = c.err;
       return c.err.code ? c.err.code : TIDE_EINVAL;

@@ -108,7 +108,7 @@ static void test_grouped_moe_experts_match_reference(void **state) {
   (void)state;
   tu_rng_t rng = {29};
   tide_err_t err;
-  enum { E = 5, R = 9, DIM = 64, I = 32 };
+  enum { E = 5, R = 9, DIM = 256, I = 256 }; /* big enough that 2+ threads are woken */
   /* expert 1 has no rows; with at most 4 rows per expert, pools of 2+
    * threads spread whole experts over threads, else each product is split */
   const int32_t offs[2][E + 1] = {{0, 2, 2, 5, 6, 9}, {0, 1, 1, 1, 8, 9}};
