@@ -390,13 +390,7 @@ function Report:trace_events()
   return ev
 end
 
-local function write(path, s)
-  local f, e = io.open(path, "wb")
-  if not f then return nil, e end
-  f:write(s)
-  f:close()
-  return true
-end
+local write = require("tide.files").write
 
 function Report:write_trace(path)
   return write(path, '{"traceEvents":[\n' .. table.concat(self:trace_events(), ",\n") .. '\n],"displayTimeUnit":"ms"}\n')

@@ -166,13 +166,7 @@ local function fill(t, kind, tb, st)
   st[1] = s
 end
 
-local function write_file(path, s)
-  local f, e = io.open(path, "wb")
-  if not f then return nil, e end
-  f:write(s)
-  f:close()
-  return true
-end
+local write_file = require("tide.files").write
 
 local function copy_file(src, dst)
   local f = io.open(src, "rb")

@@ -296,13 +296,7 @@ function M.comm_rows(res)
   return rows
 end
 
-local function writefile(path, s)
-  local f, e = io.open(path, "wb")
-  if not f then return nil, e end
-  f:write(s)
-  f:close()
-  return true
-end
+local writefile = require("tide.files").write
 
 function M.json(res)
   local J = require("tide.cmd.args").json
