@@ -269,6 +269,23 @@ int tide_op_matmul(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *a
     }
   }
 
+  /* block weights without a dot kernel (q5_0): activations rounded through llama.cpp's format first, as the
+   * integer dots would see them (kernels/quant.h, tide_quant_act_round) */
+  if (trans_b && tr->block_size > 1 && tide_quant_ggml_act_dtype(b->dtype) >= 0) {
+    float *ar = malloc((size_t)(c.M * c.K) * sizeof(float));
+    if (!ar) {
+      free(abuf);
+      return tide_err_set(err, TIDE_ENOMEM, "matmul: out of memory");
+    }
+    if (!tide_quant_act_round(b->dtype, c.A, c.lda, c.M, c.K, ar)) {
+      free(abuf);
+      abuf = ar;
+      c.A = ar;
+      c.lda = c.K;
+    } else {
+      free(ar);
+    }
+  }
   int32_t nth = tide_pool_threads(pool);
   c.nb = trans_b ? NB_T : NB_N;
   if (!trans_b && tr->block_size > 1 && c.nb % tr->block_size) c.nb = tr->block_size;

@@ -98,6 +98,17 @@ void tide_quant_tile4_q6_k_avx2(const void *w, const void *const *a, int64_t n, 
  * past it neither wins consistently here, and the panels keep f32 activations. */
 #define TIDE_QUANT_DOT_MAX_M 64
 
+/* The activation format llama.cpp's CPU backend quantizes rows of a to for block weights of dtype dt (its
+ * vec_dot_type): q8_0 for q8_0 / q4_0 / q5_0, q8_k for q4_k / q6_k; -1 for others. Paths that multiply
+ * block weights in f32 (dequantized panels + sgemm, at large M or for dtypes without a dot kernel) first
+ * round a through this format (tide_quant_act_round), so that every path computes the products llama.cpp
+ * computes on the same GGUF, up to the order of float sums: on small models with near ties, activations
+ * kept in f32 on some paths moved logits by ~0.1 against llama.cpp. */
+int32_t tide_quant_ggml_act_dtype(int32_t dt);
+/* dst (M, K, dense) = rows of A (stride lda) quantized to tide_quant_ggml_act_dtype(dt) and back; K a
+ * multiple of that format's block. Returns 0, or -1 when dt has no such format or K does not fit. */
+int tide_quant_act_round(int32_t dt, const float *A, int64_t lda, int64_t M, int64_t K, float *dst);
+
 /* out (M, N) = A (M, K) @ b^T for b (N, K) in a dtype with a dot kernel (dense
  * rows, no block scales, K a multiple of its block size): each row of A is
  * quantized once to the activation format, then dots run threaded over N
@@ -169,9 +180,14 @@ int64_t tide_quant_packed_min_m(int32_t dt); /* 0: no packed tiles for dt */
 /* 1 when tide_op_matmul should hand b of dtype dt and M rows of a to tide_quant_matmul (which picks the
  * packed tiles, the integer dots up to TIDE_QUANT_DOT_MAX_M rows, else AVX2-dequantized panels + sgemm). */
 int tide_quant_matmul_wants(int32_t dt, int64_t M);
-/* The activation format tide_quant_matmul quantizes M rows of a to for weight dtype dt (f32: panels). */
+/* The activation format whose values tide_op_matmul multiplies for M rows of a and block weights of dtype
+ * dt (the panels use f32 rows rounded through it): llama.cpp's for that dtype (tide_quant_ggml_act_dtype),
+ * on every path; -1 where none. */
 int32_t tide_quant_matmul_act_dtype(int32_t dt, int64_t M);
 int64_t tide_quant_packed_kp(int64_t K);
+/* A q8_k activation row (K values) packed for q4_k weights: signed bytes, d = the 256-block's scale, c = d sum(q)
+ * per 32 values, so the packed tiles compute exactly the q4_k . q8_k dots. */
+void tide_quant_pack_act_q8_k(const void *a, int64_t K, uint8_t *dst);
 /* Pack one activation row (made by tide_quant_act_quantize for weight dtype dt) or one weight row. */
 void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst);
 void tide_quant_pack_weight(int32_t dt, const void *w, int64_t K, uint8_t *dst);

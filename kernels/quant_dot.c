@@ -160,6 +160,39 @@ void tide_quant_act_quantize(int32_t dt, const float *x, void *a, int64_t K) {
   }
 }
 
+int32_t tide_quant_ggml_act_dtype(int32_t dt) {
+  switch (dt) {
+  case TIDE_DTYPE_Q8_0:
+  case TIDE_DTYPE_Q4_0:
+  case TIDE_DTYPE_Q5_0: return TIDE_DTYPE_Q8_0;
+  case TIDE_DTYPE_Q4_K:
+  case TIDE_DTYPE_Q6_K: return TIDE_DTYPE_Q8_K;
+  default: return -1;
+  }
+}
+
+int tide_quant_act_round(int32_t dt, const float *A, int64_t lda, int64_t M, int64_t K, float *dst) {
+  int32_t adt = tide_quant_ggml_act_dtype(dt);
+  if (adt < 0) return -1;
+  const tide_dtype_traits_t *tr = tide_dtype_traits(adt);
+  if (K % tr->block_size) return -1;
+  /* one row's blocks, on the stack: up to 8 KiB of values per piece (a multiple of both block sizes) */
+  enum { PIECE = 2048 };
+  uint8_t q[PIECE / 256 * 292];
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k += PIECE) {
+      int64_t n = K - k < PIECE ? K - k : PIECE;
+      if (adt == TIDE_DTYPE_Q8_K && tide_k_has_avx2())
+        tide_quant_act_q8_k_avx2(A + m * lda + k, q, n);
+      else if (adt == TIDE_DTYPE_Q8_0 && tide_k_has_avx2())
+        tide_quant_act_q8_0_avx2(A + m * lda + k, q, n, NULL);
+      else
+        tr->from_float(A + m * lda + k, q, n);
+      tr->to_float(q, dst + m * K + k, n);
+    }
+  return 0;
+}
+
 int tide_quant_has_dot(int32_t dt) { return tide_quant_act_dtype(dt) >= 0; }
 
 tide_quant_dot_fn tide_quant_dot_c(int32_t dt) {
@@ -324,9 +357,10 @@ static int packed_fits(int32_t dt, int64_t M) {
 }
 
 int32_t tide_quant_matmul_act_dtype(int32_t dt, int64_t M) {
-  return packed_fits(dt, M)               ? TIDE_DTYPE_Q8_0
-         : M > TIDE_QUANT_DOT_MAX_M       ? TIDE_DTYPE_F32
-                                          : tide_quant_act_dtype(dt);
+  /* packed tiles: q8_0 activations (q8_k for q4_k weights); dots: the dot's format; dequantized panels
+   * (large M, or weights without a dot kernel such as q5_0): f32 rounded through llama.cpp's format */
+  if (packed_fits(dt, M)) return dt == TIDE_DTYPE_Q4_K ? TIDE_DTYPE_Q8_K : TIDE_DTYPE_Q8_0;
+  return M > TIDE_QUANT_DOT_MAX_M || !tide_quant_has_dot(dt) ? tide_quant_ggml_act_dtype(dt) : tide_quant_act_dtype(dt);
 }
 
 int tide_quant_matmul_wants(int32_t dt, int64_t M) {
@@ -409,8 +443,14 @@ int tide_quant_matmul_panels(tide_pool_t *pool, float *out, const float *A, int6
   qpan_ctx_t c = {.out = out, .A = A, .lda = lda, .b = b, .M = M, .N = N, .K = K,
                   .to_float = tide_quant_to_float(b->dtype)};
   int32_t nth = tide_pool_threads(pool);
-  c.scratch = malloc((size_t)(QP_NB * K * nth) * sizeof(float));
+  /* activations rounded as the integer dots would see them (tide_quant_act_round), after the scratch */
+  c.scratch = malloc((size_t)(QP_NB * K * nth + M * K) * sizeof(float));
   if (!c.scratch) return tide_err_set(err, TIDE_ENOMEM, "matmul: out of memory");
+  float *ar = c.scratch + QP_NB * K * nth;
+  if (!tide_quant_act_round(b->dtype, A, lda, M, K, ar)) {
+    c.A = ar;
+    c.lda = K;
+  }
   if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
   atomic_init(&c.next, 0);
   tide_k_run(pool, qpan_task, &c, M * N * K / 20 + N * K / 5);
@@ -476,6 +516,24 @@ void tide_quant_pack_act(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
     return;
   }
   tide_quant_pack_act_c(dt, a, K, dst);
+}
+
+void tide_quant_pack_act_q8_k(const void *a, int64_t K, uint8_t *dst) {
+  int64_t kp = tide_quant_packed_kp(K), nb = K / TIDE_QK;
+  float *d = (float *)(void *)(dst + kp), *c = d + kp / 32;
+  pack_clear_tail(dst, K);
+  const uint8_t *blk = a;
+  for (int64_t b = 0; b < nb; b++) {
+    if (b % 8 == 0 && b) blk += 292;
+    float dk;
+    memcpy(&dk, blk, 4);
+    const int8_t *q = (const int8_t *)(blk + 4) + (b % 8) * TIDE_QK;
+    int32_t sum = 0;
+    for (int j = 0; j < TIDE_QK; j++) sum += q[j];
+    memcpy(dst + b * TIDE_QK, q, TIDE_QK);
+    d[b] = dk;
+    c[b] = dk * (float)sum;
+  }
 }
 
 void tide_quant_pack_act_c(int32_t dt, const void *a, int64_t K, uint8_t *dst) {
@@ -653,8 +711,13 @@ static void qv_act_task(void *arg, int32_t ith, int32_t nth) {
   tide_split_range(c->M, ith, nth, &lo, &hi);
   uint8_t *tmp = c->tmp + ith * c->arb;
   for (int64_t m = lo; m < hi; m++) {
-    tide_quant_act_quantize(TIDE_DTYPE_Q8_0, c->A + m * c->lda, tmp, c->K);
-    tide_quant_pack_act(c->dt, tmp, c->K, c->ap + m * c->prb);
+    if (c->dt == TIDE_DTYPE_Q4_K) { /* q8_k activations, as the q4_k dots (and llama.cpp) use */
+      tide_quant_act_quantize(TIDE_DTYPE_Q4_K, c->A + m * c->lda, tmp, c->K);
+      tide_quant_pack_act_q8_k(tmp, c->K, c->ap + m * c->prb);
+    } else {
+      tide_quant_act_quantize(TIDE_DTYPE_Q8_0, c->A + m * c->lda, tmp, c->K);
+      tide_quant_pack_act(c->dt, tmp, c->K, c->ap + m * c->prb);
+    }
   }
 }
 
@@ -669,8 +732,10 @@ int tide_quant_matmul_packed(tide_pool_t *pool, float *out, const float *A, int6
   qv_ctx_t c = {.out = out, .b = b, .M = M, .N = N, .K = K, .use_vnni = use_vnni};
   c.kp = tide_quant_packed_kp(K);
   c.prb = packed_row_bytes(K);
-  int32_t qdt = b->dtype == TIDE_DTYPE_Q8_0 ? TIDE_DTYPE_Q8_0 : TIDE_DTYPE_Q4_0; /* q8_0 activations, no aux */
-  int64_t arb = tide_quant_act_row_bytes(TIDE_DTYPE_Q8_0, K);
+  /* q8_0 activations (no aux) for q8_0 / q4_0 weights, q8_k for q4_k */
+  int32_t qdt = b->dtype == TIDE_DTYPE_Q4_0 ? TIDE_DTYPE_Q4_0 : b->dtype;
+  int64_t arb = b->dtype == TIDE_DTYPE_Q4_K ? tide_quant_act_row_bytes(TIDE_DTYPE_Q4_K, K)
+                                            : tide_quant_act_row_bytes(TIDE_DTYPE_Q8_0, K);
   int32_t nth = tide_pool_threads(pool);
   uint8_t *ap = malloc((size_t)(M * c.prb)), *wbuf = malloc((size_t)(QV_NB * c.prb * nth)),
           *tmp = malloc((size_t)(arb * nth));

@@ -373,27 +373,31 @@ static tide_tensor_t *quant_weight(tu_rng_t *r, int32_t dt, int64_t N, int64_t K
   return w;
 }
 
-/* out = a @ w^T with w quantized, M ragged (1..33, and one M past
- * TIDE_QUANT_DOT_MAX_M) and N ragged (1..64), on 1..4 threads. The integer-dot
- * path (M <= TIDE_QUANT_DOT_MAX_M) is checked against the double-precision
- * product of the dequantized weights and the dequantized q8 activations (what
- * it computes, up to float rounding: every |error| < 1e-5 * sum |terms|); the
- * panel path (larger M) against tide_ref_matmul (same f32 activations, same
- * bound). Over all
- * shapes, the error against tide_ref_matmul is the activations' q8 rounding:
- * measured nmse 1.5e-5 (q8_0 activations), 2.0e-5 and 2.6e-5 (q8_k; the panel
- * cases add none), bound 2e-4. */
+/* out = a @ w^T with w quantized, M ragged (1..50, and one M past
+ * TIDE_QUANT_DOT_MAX_M) and N ragged (1..64), on 1..4 threads. Every path
+ * (integer dots, packed tiles, interleaved panels, dequantized panels + sgemm,
+ * and q5_0 which has no dot kernel) is checked against the double-precision
+ * product of the dequantized weights and the activations rounded through
+ * llama.cpp's activation format for that weight dtype (q8_0, or q8_k for
+ * k-quants): what llama.cpp computes on the same GGUF, up to float rounding
+ * (every |error| < 1e-5 * sum |terms|). Before the panels rounded their
+ * activations, the q5_0 cases and M = 67 were off by the whole q8 rounding
+ * (~1e-2 of sum |terms|), and q4_k at M = 50 (packed tiles on q8_0
+ * activations) too. Over all shapes, the error against tide_ref_matmul (f32
+ * activations) is the activations' q8 rounding: measured nmse 1.5e-5 (q8_0
+ * activations), 2.0e-5 and 2.6e-5 (q8_k), bound 2e-4. */
 static void test_quant_matmul_fast_vs_ref(void **state) {
   (void)state;
   tide_pool_t *pool[5] = {NULL};
   tide_err_t err;
   for (int i = 1; i <= 4; i++) assert_int_equal(tide_pool_new(i, &pool[i], &err), 0);
   tu_rng_t rng = {9};
-  const int64_t Ms[] = {1, 2, 3, 5, 16, 33, TIDE_QUANT_DOT_MAX_M + 3}; /* the last: converted panels + sgemm */
+  const int64_t Ms[] = {1, 2, 3, 5, 16, 50, TIDE_QUANT_DOT_MAX_M + 3}; /* the last: converted panels + sgemm */
+  const int32_t dts[5] = {TIDE_DTYPE_Q8_0, TIDE_DTYPE_Q4_0, TIDE_DTYPE_Q4_K, TIDE_DTYPE_Q6_K, TIDE_DTYPE_Q5_0};
   const int64_t Ns[] = {1, 7, 37, 64};
   int cases = 0;
-  for (int f = 0; f < 4; f++) {
-    int32_t dt = qdts[f];
+  for (int f = 0; f < 5; f++) {
+    int32_t dt = dts[f];
     int64_t bs = tide_dtype_traits(dt)->block_size;
     double err2 = 0, sig2 = 0; /* over all shapes: one small dot alone can cancel to ~0 */
     for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++)
@@ -410,11 +414,8 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
         float *wf = malloc((size_t)(N * K) * 4), *af = malloc((size_t)(M * K) * 4);
         uint8_t *aq = malloc((size_t)K * 2);
         for (int64_t n = 0; n < N; n++) tide_k_load(w, n, 0, K, wf + n * K);
+        assert_int_equal(adt, tide_quant_ggml_act_dtype(dt));
         for (int64_t m = 0; m < M; m++) {
-          if (adt == TIDE_DTYPE_F32) { /* panels: f32 activations */
-            memcpy(af + m * K, (float *)a->data + m * K, (size_t)K * 4);
-            continue;
-          }
           tide_dtype_traits(adt)->from_float((float *)a->data + m * K, aq, K);
           tide_dtype_traits(adt)->to_float(aq, af + m * K, K);
         }
@@ -439,8 +440,7 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
           err2 += d * d;
           sig2 += (double)((float *)oref->data)[i] * ((float *)oref->data)[i];
         }
-        /* panels use f32 activations, as the reference; packed tiles (q8_0 / q4_0 with VNNI) q8_0 ones */
-        if (adt == TIDE_DTYPE_F32 ? !(e_ref < 1e-5) : !(e1 < 1e-5)) {
+        if (!(e1 < 1e-5)) {
           fprintf(stderr, "%s M=%lld N=%lld K=%lld threads %d: error / sum|terms| vs exact %.3g, vs reference %.3g\n",
                   tide_dtype_traits(dt)->name, (long long)M, (long long)N, (long long)K, th, e1, e_ref);
           fail();
@@ -459,8 +459,38 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
       fprintf(stderr, "matmul %s: nmse vs f32 activations %.3g\n", tide_dtype_traits(dt)->name, err2 / sig2);
     assert_true(err2 / sig2 < 2e-4);
   }
-  assert_int_equal(cases, 4 * 7 * 4);
+  assert_int_equal(cases, 5 * 7 * 4);
   for (int i = 1; i <= 4; i++) tide_pool_free(pool[i]);
+}
+
+/* tide_quant_act_round: rows quantized to llama.cpp's activation format for the weight dtype and back, the
+ * same floats as the format's own from_float / to_float; refused for dtypes without one and for K that is not
+ * a whole number of its blocks. */
+static void test_quant_act_round(void **state) {
+  (void)state;
+  tu_rng_t rng = {31};
+  const int32_t dts[5] = {TIDE_DTYPE_Q8_0, TIDE_DTYPE_Q4_0, TIDE_DTYPE_Q5_0, TIDE_DTYPE_Q4_K, TIDE_DTYPE_Q6_K};
+  const int64_t M = 3, K = 2304 + 256, lda = K + 5; /* K past one 2048-value piece */
+  float *a = malloc((size_t)(M * lda) * 4), *got = malloc((size_t)(M * K) * 4), *want = malloc((size_t)K * 4);
+  uint8_t *q = malloc((size_t)K * 2);
+  fill_gauss(&rng, a, M * lda, 1.0f);
+  for (int f = 0; f < 5; f++) {
+    int32_t adt = tide_quant_ggml_act_dtype(dts[f]);
+    assert_int_equal(adt, f < 3 ? TIDE_DTYPE_Q8_0 : TIDE_DTYPE_Q8_K);
+    assert_int_equal(tide_quant_act_round(dts[f], a, lda, M, K, got), 0);
+    for (int64_t m = 0; m < M; m++) {
+      tide_dtype_traits(adt)->from_float(a + m * lda, q, K);
+      tide_dtype_traits(adt)->to_float(q, want, K);
+      assert_memory_equal(got + m * K, want, (size_t)K * 4);
+    }
+  }
+  assert_int_equal(tide_quant_ggml_act_dtype(TIDE_DTYPE_F32), -1);
+  assert_int_equal(tide_quant_act_round(TIDE_DTYPE_BF16, a, lda, M, K, got), -1);
+  assert_int_equal(tide_quant_act_round(TIDE_DTYPE_Q4_K, a, lda, M, 96, got), -1);
+  free(a);
+  free(got);
+  free(want);
+  free(q);
 }
 
 /* AVX2 dequantizers against the references: the same floats, bit for bit, on
@@ -569,7 +599,12 @@ static void test_quant_packed_fast_vs_ref(void **state) {
         fill_gauss(&rng, a, M * K, 1.0f);
         uint8_t *aq = malloc((size_t)K * 2);
         float *af = malloc((size_t)(M * K) * 4), *wf = malloc((size_t)(N * K) * 4);
-        for (int64_t m = 0; m < M; m++) {
+        for (int64_t m = 0; m < M; m++) { /* q8_k activations for q4_k weights, as its dots */
+          if (dt == TIDE_DTYPE_Q4_K) {
+            tide_quant_from_float_q8_k(a + m * K, aq, K);
+            tide_quant_to_float_q8_k(aq, af + m * K, K);
+            continue;
+          }
           tide_quant_from_float_q8_0(a + m * K, aq, K);
           tide_quant_to_float_q8_0(aq, af + m * K, K);
         }
@@ -773,7 +808,7 @@ int main(void) {
       cmocka_unit_test(test_quant_matmul_fast_vs_ref), cmocka_unit_test(test_quant_matmul_threads_same),
       cmocka_unit_test(test_quant_matmul_strided_a),   cmocka_unit_test(test_quant_get_rows),
       cmocka_unit_test(test_quant_packed_fast_vs_ref), cmocka_unit_test(test_quant_to_float_fast_vs_ref),
-      cmocka_unit_test(test_quant_q5_0_roundtrip),
+      cmocka_unit_test(test_quant_q5_0_roundtrip),      cmocka_unit_test(test_quant_act_round),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -100,8 +100,13 @@ function M.llama_cpp_greedy(env, path, prompts, n, kv)
 end
 
 -- Greedy tokens of Tide for each prompt (model loaded from path); also the model.
+-- DeepSeek-V3 runs MLA in its naive form (latent decompressed through kv_b),
+-- which is what llama.cpp runs on a GGUF that has attn_kv_b (and no split
+-- attn_k_b / attn_v_b): the absorbed form multiplies the same weights in
+-- another order, with activations quantized at other points, and on the
+-- tiny random models every such difference flips near ties.
 function M.tide_greedy(path, prompts, n, kv)
-  local m, e = require("tide").load(path, kv and { kv = { dtype = kv } } or nil)
+  local m, e = require("tide").load(path, { kv = kv and { dtype = kv } or nil, mla = "naive" })
   if not m then return nil, e end
   local all = {}
   for i, p in ipairs(prompts) do
