@@ -45,6 +45,51 @@ static tide_tensor_t view2(const tide_tensor_t *t, int64_t off, int64_t rows, in
   return v;
 }
 
+/* Decode-sized head products (a few rows per head) spread whole heads over the pool's threads, each head's
+ * product on one thread: one pool run instead of one per head (MLA's absorbed W_uk / W_uv at batch 1 were
+ * 16 tiny products of ~16k weights each, every one waking the threads). */
+enum { HEADS_SPREAD_MAX_ROWS = 4 };
+
+typedef struct {
+  tide_tensor_t *out;
+  const tide_tensor_t *a, *b;
+  int32_t trans_b;
+  float *tmp; /* (G, M, N) when out's rows are not packed, else NULL */
+  atomic_llong next;
+  atomic_int failed;
+  tide_err_t err; /* written by the first thread that fails */
+} heads_ctx_t;
+
+static int head_product(const runner_t *r, tide_tensor_t *out, const tide_tensor_t *a, const tide_tensor_t *b,
+                        int32_t trans_b, int64_t g, float *tmp, tide_err_t *err) {
+  int64_t M = out->shape[1], N = out->shape[2];
+  tide_tensor_t av = view2(a, g * a->stride[0], a->shape[1], a->shape[2], a->stride[1], a->stride[2]);
+  tide_tensor_t bv = view2(b, g * b->stride[0], b->shape[1], b->shape[2], b->stride[1], b->stride[2]);
+  tide_tensor_t ov = view2(out, g * out->stride[0], M, N, N * 4, 4);
+  if (tmp) ov.data = tmp;
+  int rc = run_matmul(r, &ov, &av, &bv, trans_b, err);
+  if (rc == 0 && tmp)
+    for (int64_t m = 0; m < M; m++)
+      memcpy((char *)out->data + g * out->stride[0] + m * out->stride[1], tmp + m * N, (size_t)N * sizeof(float));
+  return rc;
+}
+
+static void heads_task(void *arg, int32_t ith, int32_t nth) {
+  (void)ith;
+  (void)nth;
+  heads_ctx_t *c = arg;
+  runner_t one = {NULL, 0};
+  int64_t G = c->a->shape[0], MN = c->out->shape[1] * c->out->shape[2];
+  for (;;) {
+    int64_t g = atomic_fetch_add(&c->next, 1);
+    if (g >= G || atomic_load(&c->failed)) break;
+    tide_err_t err;
+    if (head_product(&one, c->out, c->a, c->b, c->trans_b, g, c->tmp ? c->tmp + g * MN : NULL, &err) &&
+        atomic_exchange(&c->failed, 1) == 0)
+      c->err = err;
+  }
+}
+
 static int heads(const runner_t *r, tide_tensor_t *out, const tide_tensor_t *a, const tide_tensor_t *b,
                  int32_t trans_b, tide_err_t *err) {
   int rc;
@@ -62,23 +107,28 @@ static int heads(const runner_t *r, tide_tensor_t *out, const tide_tensor_t *a, 
     return tide_err_set(err, TIDE_EINVAL, "matmul_heads: out must be f32 with contiguous rows");
   int64_t G = a->shape[0], M = out->shape[1], N = out->shape[2];
   if (G == 0 || M == 0 || N == 0) return 0;
-  /* out groups whose rows are not packed go through one scratch buffer */
+  /* out groups whose rows are not packed go through scratch (one group's worth, or every group's when spread) */
   int packed = M == 1 || out->stride[1] == N * 4;
+  int spread = !r->ref && r->pool && tide_pool_threads(r->pool) >= 2 && G >= 2 && M <= HEADS_SPREAD_MAX_ROWS;
   float *tmp = NULL;
   if (!packed) {
-    tmp = malloc((size_t)(M * N) * sizeof(float));
+    tmp = malloc((size_t)((spread ? G : 1) * M * N) * sizeof(float));
     if (!tmp) return tide_err_set(err, TIDE_ENOMEM, "matmul_heads: out of memory");
   }
-  for (int64_t g = 0; g < G && rc == 0; g++) {
-    tide_tensor_t av = view2(a, g * a->stride[0], a->shape[1], a->shape[2], a->stride[1], a->stride[2]);
-    tide_tensor_t bv = view2(b, g * b->stride[0], b->shape[1], b->shape[2], b->stride[1], b->stride[2]);
-    tide_tensor_t ov = view2(out, g * out->stride[0], M, N, N * 4, 4);
-    if (!packed) ov.data = tmp;
-    rc = run_matmul(r, &ov, &av, &bv, trans_b, err);
-    if (rc == 0 && !packed)
-      for (int64_t m = 0; m < M; m++)
-        memcpy((char *)out->data + g * out->stride[0] + m * out->stride[1], tmp + m * N, (size_t)N * sizeof(float));
+  if (spread) {
+    heads_ctx_t c = {.out = out, .a = a, .b = b, .trans_b = trans_b, .tmp = tmp};
+    atomic_init(&c.next, 0);
+    atomic_init(&c.failed, 0);
+    int64_t K = a->shape[2];
+    tide_k_run(r->pool, heads_task, &c, G * (M * N * K / 20 + N * K / 5)); /* ~ns on one core, as matmul's */
+    free(tmp);
+    if (atomic_load(&c.failed)) {
+      if (err) *err = c.err;
+      return c.err.code ? c.err.code : TIDE_EINVAL;
+    }
+    return 0;
   }
+  for (int64_t g = 0; g < G && rc == 0; g++) rc = head_product(r, out, a, b, trans_b, g, tmp, err);
   free(tmp);
   return rc;
 }
@@ -107,9 +157,10 @@ static int check_rows(const tide_tensor_t *t, int64_t rows, const char *name, ti
 }
 
 /* Decode-sized MoE steps (a few rows on each of several experts) spread
- * whole experts over the pool's threads, each expert's products on one
- * thread: two pool runs per layer (gate, up and swiglu; then down) instead
- * of one per product, each of which costs a wake-up of the threads. */
+ * whole experts over the pool's threads, each expert's products (gate, up,
+ * swiglu, down: its rows of g, u and y are its own) on one thread: one pool
+ * run per layer instead of one per product, each of which costs a wake-up
+ * of the threads. */
 enum { SPREAD_MAX_ROWS = 4 };
 
 static int few_rows(tide_pool_t *pool, const int32_t *offsets, int32_t n_expert) {
@@ -128,7 +179,7 @@ typedef struct {
   const tide_tensor_t *x;
   const int32_t *offsets;
   const tide_tensor_t *const *w;
-  int32_t n_expert, phase; /* 0: gate, up, swiglu; 1: down */
+  int32_t n_expert;
   atomic_int next, failed;
   tide_err_t err; /* written by the first thread that fails */
 } spread_ctx_t;
@@ -146,16 +197,13 @@ static void spread_task(void *arg, int32_t ith, int32_t nth) {
     tide_tensor_t gv = view2(c->g, r0 * I * 4, m, I, I * 4, 4);
     tide_err_t err;
     int rc;
-    if (c->phase == 0) {
-      tide_tensor_t xv = view2(c->x, r0 * dim * 4, m, dim, dim * 4, 4);
-      tide_tensor_t uv = view2(c->u, r0 * I * 4, m, I, I * 4, 4);
-      if (!(rc = tide_op_matmul(NULL, &gv, &xv, c->w[3 * e], 1, &err)) &&
-          !(rc = tide_op_matmul(NULL, &uv, &xv, c->w[3 * e + 1], 1, &err)))
-        rc = tide_op_swiglu(NULL, &gv, &gv, &uv, &err);
-    } else {
-      tide_tensor_t yv = view2(c->y, r0 * dim * 4, m, dim, dim * 4, 4);
+    tide_tensor_t xv = view2(c->x, r0 * dim * 4, m, dim, dim * 4, 4);
+    tide_tensor_t uv = view2(c->u, r0 * I * 4, m, I, I * 4, 4);
+    tide_tensor_t yv = view2(c->y, r0 * dim * 4, m, dim, dim * 4, 4);
+    if (!(rc = tide_op_matmul(NULL, &gv, &xv, c->w[3 * e], 1, &err)) &&
+        !(rc = tide_op_matmul(NULL, &uv, &xv, c->w[3 * e + 1], 1, &err)) &&
+        !(rc = tide_op_swiglu(NULL, &gv, &gv, &uv, &err)))
       rc = tide_op_matmul(NULL, &yv, &gv, c->w[3 * e + 2], 1, &err);
-    }
     if (rc && atomic_exchange(&c->failed, 1) == 0) c->err = err;
   }
 }
@@ -173,15 +221,12 @@ static int experts_spread(tide_pool_t *pool, tide_tensor_t *y, const tide_tensor
     int64_t m = offsets[e + 1] - offsets[e];
     if (m) work += m * I * dim / 20 + I * dim / 5;
   }
-  for (int32_t phase = 0; phase < 2; phase++) {
-    c.phase = phase;
-    atomic_init(&c.next, 0);
-    atomic_init(&c.failed, 0);
-    tide_k_run(pool, spread_task, &c, phase == 0 ? 2 * work : work);
-    if (atomic_load(&c.failed)) {
-      if (err) *err = c.err;
-      return c.err.code ? c.err.code : TIDE_EINVAL;
-    }
+  atomic_init(&c.next, 0);
+  atomic_init(&c.failed, 0);
+  tide_k_run(pool, spread_task, &c, 3 * work);
+  if (atomic_load(&c.failed)) {
+    if (err) *err = c.err;
+    return c.err.code ? c.err.code : TIDE_EINVAL;
   }
   return 0;
 }

@@ -153,6 +153,42 @@ static void small_task(void *arg, int32_t ith, int32_t nth) {
   }
 }
 
+/* ---- small M, trans_b = 0, block weights: rows of b added up ----
+ * b (K, N) with its blocks along N (MLA's W_uk read as stored, (dn, kvl) per head): out[m] = sum_k a[m][k] *
+ * row k of b. Each thread owns block-aligned segments of columns; each row segment is dequantized once
+ * (AVX2 where the format has it) into a buffer on the stack and added to the M output rows, so the weights
+ * are read once, in their own format, with no transposed copy. */
+enum { ROWS_MAX_M = 4, ROWS_SEG = 512 };
+
+static void rows_task(void *arg, int32_t ith, int32_t nth) {
+  mm_ctx_t *c = arg;
+  const tide_tensor_t *b = c->b;
+  int64_t lo, hi;
+  tide_split_range((c->N + ROWS_SEG - 1) / ROWS_SEG, ith, nth, &lo, &hi);
+  tide_quant_to_float_fn to_float = tide_quant_to_float(b->dtype);
+  int64_t bs = tide_dtype_traits(b->dtype)->block_size, bb = tide_dtype_traits(b->dtype)->block_bytes;
+  float buf[ROWS_SEG];
+  int fused = (b->dtype == TIDE_DTYPE_Q8_0 || b->dtype == TIDE_DTYPE_Q4_0) && tide_k_has_avx2();
+  for (int64_t sg = lo; sg < hi; sg++) {
+    int64_t n0 = sg * ROWS_SEG, len = c->N - n0 < ROWS_SEG ? c->N - n0 : ROWS_SEG;
+    if (fused) { /* dequantized in registers, one row of a at a time */
+      for (int64_t m = 0; m < c->M; m++)
+        tide_quant_rows_axpy_avx2(b->dtype, (const uint8_t *)tide_k_row(b, 0) + n0 / bs * bb, b->stride[0], c->K,
+                                  c->A + m * c->lda, len / bs, c->out + m * c->N + n0);
+      continue;
+    }
+    for (int64_t m = 0; m < c->M; m++) memset(c->out + m * c->N + n0, 0, (size_t)len * sizeof(float));
+    for (int64_t k = 0; k < c->K; k++) {
+      const char *seg = tide_k_row(b, k) + n0 / bs * bb;
+      if (to_float)
+        to_float(seg, buf, len);
+      else
+        tide_k_load(b, k, n0, len, buf);
+      for (int64_t m = 0; m < c->M; m++) tide_vec_axpy(c->out + m * c->N + n0, c->A[m * c->lda + k], buf, TIDE_DTYPE_F32, len);
+    }
+  }
+}
+
 /* ---- f32 b in place ---- */
 static void direct_task(void *arg, int32_t ith, int32_t nth) {
   mm_ctx_t *c = arg;
@@ -245,6 +281,13 @@ int tide_op_matmul(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *a
                                                                                                : SMALL_M;
   if (trans_b && c.M <= small_max && b_dense_rows && vec_dtype(b->dtype)) {
     tide_k_run(pool, small_task, &c, work);
+    free(abuf);
+    return 0;
+  }
+
+  if (!trans_b && tr->block_size > 1 && !b->scale && c.M <= ROWS_MAX_M && c.N % tr->block_size == 0 &&
+      ROWS_SEG % tr->block_size == 0 && tide_k_row_dense(b)) {
+    tide_k_run(pool, rows_task, &c, c.N * c.K / 5);
     free(abuf);
     return 0;
   }

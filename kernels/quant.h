@@ -185,6 +185,10 @@ int tide_quant_matmul_wants(int32_t dt, int64_t M);
  * on every path; -1 where none. */
 int32_t tide_quant_matmul_act_dtype(int32_t dt, int64_t M);
 int64_t tide_quant_packed_kp(int64_t K);
+/* out[j] (nblk * 32 values) = sum_k s[k] * row k of q8_0 / q4_0 blocks starting at w + k * rstride, dequantized
+ * in registers (AVX2); matmul's path for small M and trans_b = 0 (kernels/matmul.c, rows_task). */
+void tide_quant_rows_axpy_avx2(int32_t dt, const uint8_t *w, int64_t rstride, int64_t K, const float *s,
+                               int64_t nblk, float *out);
 /* A q8_k activation row (K values) packed for q4_k weights: signed bytes, d = the 256-block's scale, c = d sum(q)
  * per 32 values, so the packed tiles compute exactly the q4_k . q8_k dots. */
 void tide_quant_pack_act_q8_k(const void *a, int64_t K, uint8_t *dst);

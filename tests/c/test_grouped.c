@@ -87,6 +87,41 @@ static void test_grouped_heads_match_reference(void **state) {
   tide_pool_free(pool);
 }
 
+/* Decode-sized head products spread whole heads over the pool's threads: shapes large enough that the
+ * pool really wakes its threads (16 heads of 256 x 512 weights, MLA's absorbed W_uk at batch 1), out rows
+ * packed (M = 1) and interleaved (M = 3, through per-head scratch), against the reference. */
+static void test_grouped_heads_spread_threads(void **state) {
+  (void)state;
+  tu_rng_t rng = {13};
+  tide_err_t err;
+  const int32_t dts[2] = {TIDE_DTYPE_F32, TIDE_DTYPE_Q8_0};
+  for (int th = 2; th <= 3; th++) {
+    tide_pool_t *pool = NULL;
+    assert_int_equal(tide_pool_new(th, &pool, &err), 0);
+    for (int di = 0; di < 2; di++)
+      for (int trans = 0; trans <= 1; trans++)
+        for (int64_t M = 1; M <= 3; M += 2) {
+          int32_t dt = dts[di];
+          if (!trans && dt == TIDE_DTYPE_Q8_0) continue;
+          int64_t G = 16, K = 512, N = 256;
+          int64_t as[3] = {M, G, K}, os[3] = {M, G, N};
+          int64_t bs[3] = {G, trans ? N : K, trans ? K : N};
+          tide_tensor_t *a_st = tu_rand_tensor(&rng, 3, as, 1.0f);
+          tide_tensor_t *b = tu_rand_tensor_dtype(&rng, dt, 3, bs, 0.5f);
+          tide_tensor_t *o_fast = mk(3, os), *o_ref = mk(3, os);
+          tide_tensor_t *a = by_group(a_st), *of = by_group(o_fast), *orf = by_group(o_ref);
+          assert_int_equal(tide_ref_matmul_heads(orf, a, b, trans, &err), 0);
+          assert_int_equal(tide_op_matmul_heads(pool, of, a, b, trans, &err), 0);
+          char what[80];
+          snprintf(what, sizeof what, "spread heads dt %d M %lld trans %d threads %d", dt, (long long)M, trans, th);
+          check_close(o_fast, o_ref, dt == TIDE_DTYPE_Q8_0 ? 2e-3 : 1e-8, what);
+          tide_tensor_t *ts[7] = {a_st, b, o_fast, o_ref, a, of, orf};
+          for (int i = 0; i < 7; i++) tide_tensor_release(ts[i]);
+        }
+    tide_pool_free(pool);
+  }
+}
+
 static void test_grouped_heads_refuse_bad_shapes(void **state) {
   (void)state;
   tu_rng_t rng = {5};
@@ -191,7 +226,7 @@ static void test_grouped_moe_experts_refuse_bad_input(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grouped_heads_match_reference),
-      cmocka_unit_test(test_grouped_heads_refuse_bad_shapes),
+      cmocka_unit_test(test_grouped_heads_spread_threads), cmocka_unit_test(test_grouped_heads_refuse_bad_shapes),
       cmocka_unit_test(test_grouped_moe_experts_match_reference),
       cmocka_unit_test(test_grouped_moe_experts_refuse_bad_input),
   };

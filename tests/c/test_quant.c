@@ -463,6 +463,41 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
   for (int i = 1; i <= 4; i++) tide_pool_free(pool[i]);
 }
 
+/* out = a @ b with b (K, N) block-quantized along N (trans_b = 0; MLA's W_uk as stored) and M = 1..4: the
+ * rows-added-up path (each row segment dequantized once) against tide_ref_matmul, on 1..3 threads, for every
+ * block format, N spanning several 512-column segments and a ragged last one. */
+static void test_quant_matmul_rows_trans0(void **state) {
+  (void)state;
+  tu_rng_t rng = {41};
+  tide_err_t err;
+  tide_pool_t *pool[4] = {NULL};
+  for (int i = 1; i <= 3; i++) assert_int_equal(tide_pool_new(i, &pool[i], &err), 0);
+  const int32_t dts[5] = {TIDE_DTYPE_Q8_0, TIDE_DTYPE_Q4_0, TIDE_DTYPE_Q4_K, TIDE_DTYPE_Q6_K, TIDE_DTYPE_Q5_0};
+  for (int f = 0; f < 5; f++)
+    for (int64_t M = 1; M <= 4; M++) {
+      int32_t dt = dts[f];
+      int64_t K = 64 + 3 * M, N = tide_dtype_traits(dt)->block_size == 256 ? 256 * (M + 1) : 32 * (5 + 13 * M);
+      int th = 1 + (int)((M + f) % 3);
+      tide_tensor_t *w = quant_weight(&rng, dt, K, N, 0.05f);
+      int64_t sa[2] = {M, K}, so[2] = {M, N};
+      tide_tensor_t *a = mk(TIDE_DTYPE_F32, 2, sa), *o = mk(TIDE_DTYPE_F32, 2, so), *oref = mk(TIDE_DTYPE_F32, 2, so);
+      fill_gauss(&rng, a->data, M * K, 1.0f);
+      for (int64_t i = 0; i < M * N; i++) ((float *)o->data)[i] = NAN;
+      assert_int_equal(tide_op_matmul(pool[th], o, a, w, 0, &err), 0);
+      assert_int_equal(tide_ref_matmul(oref, a, w, 0, &err), 0);
+      double e = nmse(o->data, oref->data, M * N);
+      if (getenv("TIDE_QUANT_VERBOSE") || !(e < 1e-12))
+        fprintf(stderr, "rows trans_b=0 %s M=%lld N=%lld K=%lld threads %d: nmse %.3g\n", tide_dtype_traits(dt)->name,
+                (long long)M, (long long)N, (long long)K, th, e);
+      assert_true(e < 1e-12);
+      tide_tensor_release(a);
+      tide_tensor_release(o);
+      tide_tensor_release(oref);
+      tide_tensor_release(w);
+    }
+  for (int i = 1; i <= 3; i++) tide_pool_free(pool[i]);
+}
+
 /* tide_quant_act_round: rows quantized to llama.cpp's activation format for the weight dtype and back, the
  * same floats as the format's own from_float / to_float; refused for dtypes without one and for K that is not
  * a whole number of its blocks. */
@@ -809,6 +844,7 @@ int main(void) {
       cmocka_unit_test(test_quant_matmul_strided_a),   cmocka_unit_test(test_quant_get_rows),
       cmocka_unit_test(test_quant_packed_fast_vs_ref), cmocka_unit_test(test_quant_to_float_fast_vs_ref),
       cmocka_unit_test(test_quant_q5_0_roundtrip),      cmocka_unit_test(test_quant_act_round),
+      cmocka_unit_test(test_quant_matmul_rows_trans0),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -63,7 +63,7 @@ function T.absorbed_weights_from_gguf()
   local attn = m.arch.layers[2].attn
   attn:absorb_weights()
   H.eq(attn.kv_b.weight:dtype(), "q4_0", "kv_b stays q4_0")
-  local wk = attn.wuk:tolist()                  -- (H, kvl, dn), flat
+  local wk = attn:wuk_t():tolist()              -- (H, kvl, dn), flat
   local w = attn.kv_b.weight:copy("f32"):tolist() -- (H * (dn + dv), kvl), flat
   local Hh, dn, dv, kvl = attn.n_head, attn.dn, attn.dv, attn.kvl
   local worst = 0

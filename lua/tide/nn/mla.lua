@@ -43,17 +43,32 @@ end
 -- fast matmul reads. The transposed W_uk is a copy, in f32 when the weight
 -- is block-quantized or carries block scales (FP8: a 64-row slice does not
 -- line up with its 128x128 scale blocks), else in the weight's own dtype;
--- it costs H * dn * kvl elements per layer.
+-- it costs H * dn * kvl elements per layer. A block-quantized weight also
+-- keeps W_uk as stored, (H, dn, kvl): steps of up to 4 query rows (decode)
+-- add its rows up in their own format (matmul with trans_b = 0), reading a
+-- quarter of the f32 copy's bytes; the copy is then made only when a
+-- larger step needs it.
 function MLA:absorb_weights()
-  if self.wuk then return end
+  if self.wuv then return end
   local w = self.kv_b.weight
   local block = T.elem_bytes[w:cdata().dtype] == nil
   if w:cdata().scale ~= nil then w = w:copy("f32") end
   local per = self.dn + self.dv
   local w3 = w:reshape({ self.n_head, per, self.kvl })
   self.wuv = w3:narrow(2, self.dn + 1, self.dv)
-  local uk = (block and w:copy("f32") or w):reshape({ self.n_head, per, self.kvl }):narrow(2, 1, self.dn)
+  if block and w:cdata().scale == nil then self.wuk_rows = w3:narrow(2, 1, self.dn) end
+  self.uk_src = { w = w, block = block }
+end
+
+-- W_uk transposed (H, kvl, dn), made on first use (see absorb_weights).
+function MLA:wuk_t()
+  if self.wuk then return self.wuk end
+  self:absorb_weights()
+  local s = self.uk_src
+  local uk = (s.block and s.w:copy("f32") or s.w):reshape({ self.n_head, self.dn + self.dv, self.kvl })
+    :narrow(2, 1, self.dn)
   self.wuk = uk:transpose(2, 3):copy()
+  return self.wuk
 end
 
 -- Views of the latent cache of a layer: the whole row, its [start, start+len) columns,
@@ -121,8 +136,12 @@ function MLA:attend_absorbed(ctx, cv, q, q_pe, n)
   -- fold W_uk into the queries, one product per head in one call:
   -- qa[:, h, :kvl] = q_nope[:, h] @ W_uk[h] (W_uk stored transposed)
   local qa = ws:get("mla.qabs", n, H, D)
-  T.op.matmul_heads(ws:view("mla.qah", qa, 0, H, n, kvl, nil, D, H * D, 1),
-    ws:view("mla.qnh", q, 0, H, n, dn, nil, dq, H * dq, 1), self.wuk)
+  local qah, qnh = ws:view("mla.qah", qa, 0, H, n, kvl, nil, D, H * D, 1), ws:view("mla.qnh", q, 0, H, n, dn, nil, dq, H * dq, 1)
+  if self.wuk_rows and n <= 4 then
+    T.op.matmul_heads(qah, qnh, self.wuk_rows, false)
+  else
+    T.op.matmul_heads(qah, qnh, self:wuk_t())
+  end
   T.op.convert(ws:view("mla.qape", qa, kvl, n, H, dr, nil, H * D, D, 1), q_pe)
   local o = ws:get("mla.olat", n, H, kvl)
   T.op.attention(o, qa, cv.full, cv.v, ctx.batch, self.scale)
