@@ -42,6 +42,38 @@ static void check_close(const tide_tensor_t *a, const tide_tensor_t *b, double n
   }
 }
 
+/* One grouped product: G groups of M rows (a and out read head-interleaved), fast on pool against the
+ * reference; for f32 weights the reference also against a product computed here in double. */
+static void heads_case(tide_pool_t *pool, tu_rng_t *rng, int32_t dt, int64_t G, int64_t M, int64_t K, int64_t N,
+                       int trans, const char *what) {
+  tide_err_t err;
+  int64_t as[3] = {M, G, K}, os[3] = {M, G, N};
+  int64_t bs[3] = {G, trans ? N : K, trans ? K : N};
+  tide_tensor_t *a_st = tu_rand_tensor(rng, 3, as, 1.0f);
+  tide_tensor_t *b = tu_rand_tensor_dtype(rng, dt, 3, bs, 0.5f);
+  tide_tensor_t *o_fast = mk(3, os), *o_ref = mk(3, os);
+  tide_tensor_t *a = by_group(a_st), *of = by_group(o_fast), *orf = by_group(o_ref);
+  assert_int_equal(tide_ref_matmul_heads(orf, a, b, trans, &err), 0);
+  assert_int_equal(tide_op_matmul_heads(pool, of, a, b, trans, &err), 0);
+  if (dt == TIDE_DTYPE_F32) { /* the reference against a product computed here */
+    double num = 0, den = 0;
+    for (int64_t g = 0; g < G; g++)
+      for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+          double sum = 0;
+          for (int64_t k = 0; k < K; k++) sum += (double)at3(a, g, m, k) * (trans ? at3(b, g, n, k) : at3(b, g, k, n));
+          double d = sum - at3(orf, g, m, n);
+          num += d * d;
+          den += sum * sum;
+        }
+    assert_true(num / den < 1e-10);
+  }
+  /* q8_0 with trans_b = 1 quantizes the activations (the reference keeps them f32) */
+  check_close(o_fast, o_ref, dt == TIDE_DTYPE_Q8_0 && trans ? 2e-3 : 1e-8, what);
+  tide_tensor_t *ts[7] = {a_st, b, o_fast, o_ref, a, of, orf};
+  for (int i = 0; i < 7; i++) tide_tensor_release(ts[i]);
+}
+
 static void test_grouped_heads_match_reference(void **state) {
   (void)state;
   tu_rng_t rng = {11};
@@ -53,43 +85,18 @@ static void test_grouped_heads_match_reference(void **state) {
   for (int trans = 0; trans <= 1; trans++)
     for (int di = 0; di < 3; di++)
       for (int mi = 0; mi < 3; mi++) {
-        int32_t dt = dts[di];
-        if (!trans && dt == TIDE_DTYPE_Q8_0) continue; /* block weights are (N, K) rows */
-        int64_t G = 3, M = Ms[mi], K = 64, N = 40;
-        int64_t as[3] = {M, G, K}, os[3] = {M, G, N};
-        int64_t bs[3] = {G, trans ? N : K, trans ? K : N};
-        tide_tensor_t *a_st = tu_rand_tensor(&rng, 3, as, 1.0f);
-        tide_tensor_t *b = tu_rand_tensor_dtype(&rng, dt, 3, bs, 0.5f);
-        tide_tensor_t *o_fast = mk(3, os), *o_ref = mk(3, os);
-        tide_tensor_t *a = by_group(a_st), *of = by_group(o_fast), *orf = by_group(o_ref);
-        assert_int_equal(tide_ref_matmul_heads(orf, a, b, trans, &err), 0);
-        assert_int_equal(tide_op_matmul_heads(pool, of, a, b, trans, &err), 0);
-        if (dt == TIDE_DTYPE_F32) { /* the reference against a product computed here */
-          double num = 0, den = 0;
-          for (int64_t g = 0; g < G; g++)
-            for (int64_t m = 0; m < M; m++)
-              for (int64_t n = 0; n < N; n++) {
-                double s = 0;
-                for (int64_t k = 0; k < K; k++)
-                  s += (double)at3(a, g, m, k) * (trans ? at3(b, g, n, k) : at3(b, g, k, n));
-                double d = s - at3(orf, g, m, n);
-                num += d * d;
-                den += s * s;
-              }
-          assert_true(num / den < 1e-10);
-        }
+        if (!trans && dts[di] == TIDE_DTYPE_Q8_0) continue; /* rows of 40 are not whole q8_0 blocks */
         char what[64];
-        snprintf(what, sizeof what, "heads dt %d M %lld trans %d", dt, (long long)M, trans);
-        check_close(o_fast, o_ref, dt == TIDE_DTYPE_Q8_0 ? 2e-3 : 1e-8, what);
-        tide_tensor_t *ts[7] = {a_st, b, o_fast, o_ref, a, of, orf};
-        for (int i = 0; i < 7; i++) tide_tensor_release(ts[i]);
+        snprintf(what, sizeof what, "heads dt %d M %lld trans %d", dts[di], (long long)Ms[mi], trans);
+        heads_case(pool, &rng, dts[di], 3, Ms[mi], 64, 40, trans, what);
       }
   tide_pool_free(pool);
 }
 
 /* Decode-sized head products spread whole heads over the pool's threads: shapes large enough that the
  * pool really wakes its threads (16 heads of 256 x 512 weights, MLA's absorbed W_uk at batch 1), out rows
- * packed (M = 1) and interleaved (M = 3, through per-head scratch), against the reference. */
+ * packed (M = 1) and interleaved (M = 3, through per-head scratch), q8_0 weights both as (N, K) rows and as
+ * stored (K, N) (trans_b = 0: their rows added up in their format), against the reference. */
 static void test_grouped_heads_spread_threads(void **state) {
   (void)state;
   tu_rng_t rng = {13};
@@ -101,22 +108,9 @@ static void test_grouped_heads_spread_threads(void **state) {
     for (int di = 0; di < 2; di++)
       for (int trans = 0; trans <= 1; trans++)
         for (int64_t M = 1; M <= 3; M += 2) {
-          int32_t dt = dts[di];
-          if (!trans && dt == TIDE_DTYPE_Q8_0) continue;
-          int64_t G = 16, K = 512, N = 256;
-          int64_t as[3] = {M, G, K}, os[3] = {M, G, N};
-          int64_t bs[3] = {G, trans ? N : K, trans ? K : N};
-          tide_tensor_t *a_st = tu_rand_tensor(&rng, 3, as, 1.0f);
-          tide_tensor_t *b = tu_rand_tensor_dtype(&rng, dt, 3, bs, 0.5f);
-          tide_tensor_t *o_fast = mk(3, os), *o_ref = mk(3, os);
-          tide_tensor_t *a = by_group(a_st), *of = by_group(o_fast), *orf = by_group(o_ref);
-          assert_int_equal(tide_ref_matmul_heads(orf, a, b, trans, &err), 0);
-          assert_int_equal(tide_op_matmul_heads(pool, of, a, b, trans, &err), 0);
           char what[80];
-          snprintf(what, sizeof what, "spread heads dt %d M %lld trans %d threads %d", dt, (long long)M, trans, th);
-          check_close(o_fast, o_ref, dt == TIDE_DTYPE_Q8_0 ? 2e-3 : 1e-8, what);
-          tide_tensor_t *ts[7] = {a_st, b, o_fast, o_ref, a, of, orf};
-          for (int i = 0; i < 7; i++) tide_tensor_release(ts[i]);
+          snprintf(what, sizeof what, "spread heads dt %d M %lld trans %d threads %d", dts[di], (long long)M, trans, th);
+          heads_case(pool, &rng, dts[di], 16, M, 512, 256, trans, what);
         }
     tide_pool_free(pool);
   }

@@ -457,6 +457,52 @@ static void test_ops_fast_attention(void **state) {
   pools_free(&P);
 }
 
+/* Decode over long contexts with few (token, kv head) pairs: the fast op splits each pair's positions into
+ * ranges and combines the partial softmax results (kernels/attention.c, combine_splits). MLA-shaped (one
+ * latent kv head, V = the first dv columns of K) and GQA-shaped, 1..3 tokens at positions 120..700,
+ * against the reference on 1..4 threads; one case masks nothing but holds a huge score range, so a range
+ * whose max is far below another's must weigh almost nothing. */
+static void test_ops_fast_attention_split_positions(void **state) {
+  (void)state;
+  pools_t P;
+  pools_new(&P);
+  tu_rng_t rng = {23};
+  tide_err_t err;
+  enum { BS = 16, MB = 48 };
+  for (int c = 0; c < 6; c++) {
+    int mla = c % 2 == 0;
+    int32_t n_seq = 1 + c / 2, table[3 * MB], seq[3], pos[3];
+    for (int32_t i = 0; i < n_seq * MB; i++) table[i] = (i * 7 + 3) % (n_seq * MB);
+    for (int32_t s = 0; s < n_seq; s++) {
+      seq[s] = s;
+      pos[s] = (int32_t)tu_randint(&rng, 120, MB * BS - 64);
+    }
+    int64_t n_kv = mla ? 1 : 2, n_head = mla ? 16 : 8, dk = mla ? 72 : 32, dv = mla ? 64 : 32;
+    int64_t sk[4] = {n_seq * MB, BS, n_kv, dk}, sv[4] = {n_seq * MB, BS, n_kv, dv};
+    tide_tensor_t *kc = tu_rand_tensor_dtype(&rng, TIDE_DTYPE_F32, 4, sk, c == 4 ? 8.0f : 1.0f), *vc;
+    if (mla)
+      assert_int_equal(tide_tensor_narrow(kc, 3, 0, dv, &vc, &err), 0);
+    else
+      vc = tu_rand_tensor_dtype(&rng, TIDE_DTYPE_F32, 4, sv, 1.0f);
+    tide_batch_t b = {.n_tok = n_seq, .n_seq = n_seq, .max_blocks = MB, .block_size = BS, .tok_seq = seq,
+                      .tok_pos = pos, .block_table = table};
+    int64_t sq[3] = {n_seq, n_head, dk}, so[3] = {n_seq, n_head, dv};
+    tide_tensor_t *q = rnd(&rng, TIDE_DTYPE_F32, 3, sq, L_CONTIG, c == 4 ? 4.0f : 1.0f);
+    tide_tensor_t *o = mk(TIDE_DTYPE_F32, 3, so), *r = mk(TIDE_DTYPE_F32, 3, so);
+    float scale = 1.0f / sqrtf((float)dk);
+    assert_int_equal(tide_ref_attention(r, q, kc, vc, &b, scale, &err), 0);
+    for (int th = 1; th <= 4; th++) {
+      assert_int_equal(tide_op_attention(P.pool[th], o, q, kc, vc, &b, scale, &err), 0);
+      char what[128];
+      snprintf(what, sizeof what, "split attention case %d th%d", c, th);
+      expect_close(o, r, 1e-10, c == 4 ? 1e-4 : 1e-5, what); /* case 4: scores of ~+-100, f32 rounding in them */
+    }
+    tide_tensor_t *ts[5] = {kc, vc, q, o, r};
+    for (int i = 0; i < 5; i++) tide_tensor_release(ts[i]);
+  }
+  pools_free(&P);
+}
+
 /* ---- vector primitives: AVX2 against the portable versions ---- */
 
 static void test_ops_fast_vec_avx2_matches_portable(void **state) {
@@ -697,7 +743,7 @@ int main(void) {
       cmocka_unit_test(test_ops_fast_rmsnorm_softmax),
       cmocka_unit_test(test_ops_fast_rope),
       cmocka_unit_test(test_ops_fast_index),
-      cmocka_unit_test(test_ops_fast_attention),
+      cmocka_unit_test(test_ops_fast_attention), cmocka_unit_test(test_ops_fast_attention_split_positions),
       cmocka_unit_test(test_ops_fast_vec_avx2_matches_portable),
       cmocka_unit_test(test_ops_fast_threaded_sizes),
   };
