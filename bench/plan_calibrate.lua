@@ -5,9 +5,12 @@
 --      at the shape classes the model's cost walk asks for (tide.plan.calib:
 --      GEMM rate by weight shape at the rows it runs at, grouped experts per
 --      hit, attention per call + rate, op call overhead, streaming bandwidth),
---      one round before each timed step of the engine (the box is shared and
---      its load drifts), medians; then the step predicted by tide.plan from
---      that profile;
+--      one round before and one after the case's timed steps (the box is
+--      shared and its load drifts: the two rounds are merged), medians; then
+--      the step predicted by tide.plan from that profile. The steps run back
+--      to back after two untimed ones: a step right after a microbenchmark
+--      round (~100 MB of weights cycled through) measured 1.2-3x its steady
+--      time, which is not the time the planner predicts;
 --   2. dsv3-moe-1b under MPI, R ranks of EP (mpirun --oversubscribe, one thread
 --      per rank, DP-attention: each rank steps its own batch): one-thread
 --      microbenchmarks here before and after the job; inside the job the
@@ -83,14 +86,14 @@ local function measure_decode(m, B, sync, salt, between)
   sync()
   assert(m:step(seqs, toks, "last"))
   local dt = {}
-  for r = 1, REPS + 2 do
+  for r = 1, REPS + 2 do -- the first two untimed
     local one = {}
     for i = 1, B do one[i] = { (i * 29 + r * 7 + salt) % 8000 + 3 } end
     if between then between(r) end
     sync()
     local t0 = T.now()
     assert(m:step(seqs, one, "last"))
-    dt[r] = T.now() - t0
+    if r > 2 then dt[#dt + 1] = T.now() - t0 end
   end
   for i = 1, B do kv:seq_free(seqs[i]) end
   return median(dt)
@@ -211,15 +214,14 @@ for preset in opts.presets:gmatch("[^,]+") do
     local need = calib.needs(recipe, { c })
     local mo = { threads = threads, dtype = wd, reps = 1, quick = opts.quick, per_shape = true,
       mgrid = calib.bracket(need.ms), rpe = calib.bracket(need.rpe) }
-    log(string.format("%s %s: microbenchmarks (%d threads; rows %s) interleaved with the steps", preset, c.name, threads,
+    log(string.format("%s %s: microbenchmarks (%d threads; rows %s) before and after the steps", preset, c.name, threads,
       table.concat(mo.mgrid, ",")))
-    local profs = {}
-    local function between(r)
-      mo.log = (r == 1) and log or nil
-      profs[#profs + 1] = calib.measure(need, mo)
-    end
-    local meas = c.phase == "prefill" and measure_prefill(m, function() end, 0, between)
-      or measure_decode(m, c.batch, function() end, 0, between)
+    mo.log = log
+    local profs = { calib.measure(need, mo) }
+    mo.log = nil
+    local meas = c.phase == "prefill" and measure_prefill(m, function() end, 0)
+      or measure_decode(m, c.batch, function() end, 0)
+    profs[2] = calib.measure(need, mo)
     local hw = calib.profile(calib.median_merge(profs))
     saved[preset .. "/single/" .. c.name] = hw
     report(preset, "single", c, predict(recipe, hw, c), meas)

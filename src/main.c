@@ -5,6 +5,7 @@
 #include <lua.h>
 #include <lualib.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,14 @@ static int traceback(lua_State *L) {
 }
 
 int main(int argc, char **argv) {
+  /* The kernels allocate their scratch per call (panels, quantized activation rows: KiB to a few MiB).
+   * glibc serves those from fresh mmaps until its adaptive threshold has seen them freed, and gives heap
+   * tops back to the system eagerly; after any larger free (a prefill, a benchmark's buffers) the next steps
+   * paid for page faults again: decode steps right after one measured 1.2-3x their steady time, and a
+   * dsv3-moe-1b q8_0 prefill was ~10% slower. Fixed thresholds keep such scratch on the heap and resident.
+   * A setting of this process (the executable), not of the library. */
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   char luadir[PATH_MAX];
   if (find_lua_dir(luadir, sizeof luadir) != 0) {
     fprintf(stderr, "tide: cannot find the Lua modules (lua/tide/init.lua) next to the executable; "
