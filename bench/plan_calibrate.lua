@@ -5,8 +5,9 @@
 --      at the shape classes the model's cost walk asks for (tide.plan.calib:
 --      GEMM rate by weight shape at the rows it runs at, grouped experts per
 --      hit, attention per call + rate, op call overhead, streaming bandwidth),
---      one round before and one after the case's timed steps (the box is
---      shared and its load drifts: the two rounds are merged), medians; then
+--      two rounds before and two after the case's timed steps (the box is
+--      shared and its load drifts, and a burst of load spoils a round: the
+--      medians of the four are used); then
 --      the step predicted by tide.plan from that profile. The steps run back
 --      to back after two untimed ones: a step right after a microbenchmark
 --      round (~100 MB of weights cycled through) measured 1.2-3x its steady
@@ -73,7 +74,7 @@ local function measure_prefill(m, sync, salt, between)
   return median(ts)
 end
 
--- decode at batch B after PROMPT-token prompts (REPS + 2 timed steps)
+-- decode at batch B after PROMPT-token prompts (2 untimed steps, then 3 * REPS timed)
 local function measure_decode(m, B, sync, salt, between)
   local kv = m:kv_cache()
   local seqs, toks = {}, {}
@@ -86,7 +87,7 @@ local function measure_decode(m, B, sync, salt, between)
   sync()
   assert(m:step(seqs, toks, "last"))
   local dt = {}
-  for r = 1, REPS + 2 do -- the first two untimed
+  for r = 1, 3 * REPS + 2 do -- the first two untimed; decode steps are short, so three times the repeats
     local one = {}
     for i = 1, B do one[i] = { (i * 29 + r * 7 + salt) % 8000 + 3 } end
     if between then between(r) end
@@ -107,7 +108,7 @@ end
 
 local function load(dir, kvseqs)
   local tide = require "tide"
-  return assert(tide.load(dir, { kv = { seqs = kvseqs }, max_ctx = math.max(P, PROMPT + REPS + 4) + 16 }))
+  return assert(tide.load(dir, { kv = { seqs = kvseqs }, max_ctx = math.max(P, PROMPT + 3 * REPS + 4) + 16 }))
 end
 
 -- ---- the MPI worker (one rank of the EP job) -------------------------------------------
@@ -137,7 +138,7 @@ if opts.worker then
     end
     -- the oversubscription probe, all ranks at once (tide.plan.calib.probe)
     c:barrier()
-    local pc, ps = calib.probe("bf16")
+    local pc, ps = calib.probe("bf16", false, function() c:barrier() end)
     local pm = c:allreduce_table({ pc, ps }, "sum")
     local t_small, big = a2a(64), 256 * 1024
     local t_big = a2a(big)
@@ -176,7 +177,7 @@ local function cases()
   for _, B in ipairs(BATCHES) do
     -- decode steps run at KV lengths PROMPT+1 .. PROMPT+REPS+2
     c[#c + 1] = { phase = "decode", batch = B, name = "decode_b" .. B,
-      workload = { input = { mean = PROMPT, cv = 0 }, output = { mean = 1, cv = 0 }, kv_len = PROMPT + 1 + (REPS + 2) / 2 } }
+      workload = { input = { mean = PROMPT, cv = 0 }, output = { mean = 1, cv = 0 }, kv_len = PROMPT + 1 + (3 * REPS + 2) / 2 } }
   end
   return c
 end
@@ -214,14 +215,16 @@ for preset in opts.presets:gmatch("[^,]+") do
     local need = calib.needs(recipe, { c })
     local mo = { threads = threads, dtype = wd, reps = 1, quick = opts.quick, per_shape = true,
       mgrid = calib.bracket(need.ms), rpe = calib.bracket(need.rpe) }
-    log(string.format("%s %s: microbenchmarks (%d threads; rows %s) before and after the steps", preset, c.name, threads,
+    log(string.format("%s %s: microbenchmarks (%d threads; rows %s), 2 rounds before and 2 after the steps", preset, c.name, threads,
       table.concat(mo.mgrid, ",")))
     mo.log = log
     local profs = { calib.measure(need, mo) }
     mo.log = nil
+    profs[2] = calib.measure(need, mo)
     local meas = c.phase == "prefill" and measure_prefill(m, function() end, 0)
       or measure_decode(m, c.batch, function() end, 0)
-    profs[2] = calib.measure(need, mo)
+    profs[3] = calib.measure(need, mo)
+    profs[4] = calib.measure(need, mo)
     local hw = calib.profile(calib.median_merge(profs))
     saved[preset .. "/single/" .. c.name] = hw
     report(preset, "single", c, predict(recipe, hw, c), meas)

@@ -306,7 +306,11 @@ end
 -- (b) one-row matvecs streaming 64 MB of weights. Run it alone, then in
 -- every rank of a job at once; the ratios are the measured oversubscription
 -- (on an otherwise idle box about ranks / cores). Returns medians (s).
-function M.probe(dt, quick)
+-- sync (optional, a barrier of the ranks running the probe together): each round then runs from one
+-- barrier to the next, so it lasts until the slowest rank is done, as a step synchronized by its
+-- all-to-alls does (timed per rank alone, rounds that ran while other ranks waited came out fast:
+-- compute x1.55 / streaming x1.23 for 4 ranks on 2 cores in some runs, x2.03 / x1.95 in others).
+function M.probe(dt, quick, sync)
   dt = dt or "bf16"
   local n = quick and 3 or 5
   local wc = {}
@@ -315,8 +319,23 @@ function M.probe(dt, quick)
   for i = 1, quick and 2 or 8 do ws[i] = weight(1024, 4096, dt) end
   local x, o = T.zeros({ 64, 1024 }), T.zeros({ 64, 1024 })
   local x1, o1 = T.zeros({ 1, 4096 }), T.zeros({ 1, 1024 })
-  local tc = time_med(n, function() for k = 1, 20 do T.op.matmul(o, x, wc[(k - 1) % 4 + 1]) end end)
-  local ts = time_med(n, function() for k = 1, 2 * #ws do T.op.matmul(o1, x1, ws[(k - 1) % #ws + 1]) end end)
+  local function timed(f)
+    if not sync then return time_med(n, f) end
+    f()
+    local ts = {}
+    for r = 1, n do
+      sync()
+      local t0 = T.now()
+      f()
+      sync()
+      ts[r] = T.now() - t0
+    end
+    return median(ts)
+  end
+  -- rounds of tens of ms (streaming: 16 passes over 64 MB of weights), several scheduler slices
+  local tc = timed(function() for k = 1, 20 do T.op.matmul(o, x, wc[(k - 1) % 4 + 1]) end end)
+  local passes = quick and 2 or 16
+  local ts = timed(function() for k = 1, passes * #ws do T.op.matmul(o1, x1, ws[(k - 1) % #ws + 1]) end end)
   for i = 1, #wc do wc[i]:free() end
   for i = 1, #ws do ws[i]:free() end
   return tc, ts
