@@ -283,9 +283,16 @@ function T.cpu_profile_times_ops_from_measured_tables()
   local extra = g.w_bytes * (2 / 30e9 - 1 / 20e9)
   H.near(hwmod.op_time(hw4, g, "bf16"), 2 * (g.flops / 4e9 + extra), 1e-12, "shared cores")
   H.near(hwmod.op_time(hw4, x, "bf16"), 2 * (2e-6 + 1e6 / 10e9), 1e-12, "shared cores, elementwise")
-  -- a measured oversubscription (probe) replaces the model: streaming ops (< 16 rows) and the rest
+  -- a measured oversubscription (probe) replaces the model: the part of an op's time its weight bytes
+  -- take at one thread's streaming rate (bw1 = 20 GB/s) slows like the streaming probe, the rest like
+  -- the compute probe
   hw4.cpu.oversub = { compute = 3, stream = 5 }
-  H.near(hwmod.op_time(hw4, g, "bf16"), 5 * g.flops / 4e9, 1e-12, "measured, streaming GEMM")
+  local tb = g.w_bytes / 20e9
+  H.near(hwmod.op_time(hw4, g, "bf16"), 3 * (g.flops / 4e9 - tb) + 5 * tb, 1e-12, "measured, streaming GEMM")
+  -- as many bytes as the op's whole time alone streams at 20 GB/s (1 GFLOP/s at m = 1): all streaming
+  local pure = { kind = "gemm", m = 1, n = 64, k = 32, flops = 2 * 64 * 32, w_bytes = 2 * 64 * 32 / 1e9 * 20e9,
+    a_bytes = 0, kv_bytes = 0 }
+  H.near(hwmod.op_time(hw4, pure, "bf16"), 5 * pure.flops / 1e9, 1e-12, "measured, all-streaming GEMM")
   local big = { kind = "gemm", m = 16, n = 64, k = 32, flops = 2 * 16 * 64 * 32, w_bytes = 0, a_bytes = 0, kv_bytes = 0 }
   H.near(hwmod.op_time(hw4, big, "bf16"), 3 * big.flops / 16e9, 1e-12, "measured, compute GEMM")
   H.near(hwmod.op_time(hw4, x, "bf16"), 3 * (2e-6 + 1e6 / 10e9), 1e-12, "measured, elementwise")

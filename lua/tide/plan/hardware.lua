@@ -138,12 +138,19 @@ function M.cpu_op_time(hw, op, wd)
   end
   local R, c = cpu.ranks or 1, cpu.cores or 1
   if cpu.oversub and R > 1 then
-    -- measured: a weight-streaming op (few rows per weight) slows like the
-    -- streaming probe, everything else like the compute probe
-    local rows = op.kind == "gemm" and (op.grouped and op.m / math.max(op.experts or 1, 1e-9) or op.m) or math.huge
-    local f = rows < 16 and cpu.oversub.stream or cpu.oversub.compute
-    info.shared = string.format("x %.2f (%s, measured with %d ranks on %d cores)", f, rows < 16 and "streaming" or "compute", R, c)
-    t = t * f
+    -- measured: an op's time alone splits into what its weight bytes take at
+    -- one thread's streaming rate (tb = w_bytes / bw1, at most t) and the
+    -- rest (arithmetic, conversion, dispatch); among R ranks on c cores the
+    -- first slows like the streaming probe and the rest like the compute
+    -- probe: t' = fc (t - tb) + fs tb. (Scaling all of a few-row GEMM by the
+    -- streaming factor counted its arithmetic as streaming: a bf16 expert at
+    -- ~4 rows is about half streaming alone, and 4-rank EP decode came out
+    -- 13-28% slow.)
+    local fc, fs = cpu.oversub.compute, cpu.oversub.stream
+    local tb = (op.kind == "gemm" and cpu.bw1 and cpu.bw1 > 0) and math.min(t, op.w_bytes / cpu.bw1) or 0
+    info.shared = string.format("%.3f ms compute x %.2f + %.3f ms streaming x %.2f (measured with %d ranks on %d cores)",
+      (t - tb) * 1e3, fc, tb * 1e3, fs, R, c)
+    t = fc * (t - tb) + fs * tb
   elseif R > c then
     local extra = 0
     if cpu.bw1 and cpu.bw_all and op.kind == "gemm" then
