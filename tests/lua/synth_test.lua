@@ -74,6 +74,29 @@ function T.big_presets_have_the_issue_shapes()
   H.eq(c.q_lora_rank, 384); H.eq(c.kv_lora_rank, 256); H.eq(c.qk_rope_head_dim, 32); H.eq(c.n_group, 1)
 end
 
+-- A preset whose vocabulary is larger than the copied tokenizer's: the
+-- extra ids become "<synth_ID>" entries, so anything the model generates
+-- decodes, and encoding is unchanged.
+function T.tokenizer_covers_the_model_vocabulary()
+  local p = {}
+  for k, v in pairs(S.presets["llama-tiny"]) do p[k] = v end
+  p.vocab_size = 8300
+  local d = H.tmpdir()
+  assert(S.write({ preset = p, out = d, seed = 2 }))
+  local m = assert(tide.load(d))
+  H.eq(m.n_vocab, 8300, "vocab")
+  H.eq(m.tokenizer:decode({ 8192, 8299 }), "<synth_8192><synth_8299>", "padded ids decode")
+  local base = assert(tide.load("models/dsv3-tiny"))
+  H.eq(table.concat(m.tokenizer:encode("Hello world, synth"), ","),
+    table.concat(base.tokenizer:encode("Hello world, synth"), ","), "encoding unchanged")
+  -- the text edit keeps the file valid JSON, also for an empty vocabulary
+  local t = assert(S.pad_vocab('{"model": {"type": "BPE", "vocab": {}, "merges": []}}', 3))
+  local j = require("cjson").decode(t)
+  H.eq(j.model.vocab["<synth_2>"], 2, "empty vocab padded")
+  H.eq(S.pad_vocab('{"model": {"vocab": {"a": 0, "b": 1}}}', 2), '{"model": {"vocab": {"a": 0, "b": 1}}}', "no-op when covered")
+  H.fails("not a tokenizer", S.pad_vocab("[]", 4))
+end
+
 function T.bad_options_are_errors()
   H.fails("unknown preset", S.write({ preset = "nope", out = H.tmpdir() }))
   H.fails("arch", S.write({ preset = "llama-tiny", arch = "deepseek_v3", out = H.tmpdir() }))
