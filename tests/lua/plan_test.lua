@@ -258,6 +258,19 @@ local function toy_cpu(ranks, cores)
   return calib.profile(prof, { ranks = ranks, cores = cores, bw1 = 20e9, bw_all = 30e9 })
 end
 
+-- E[max of n standard normals]: 0 for one, 1/sqrt(pi) for two (closed form), 1.0294 for four (tables),
+-- and always below the sqrt(2 ln n) bound
+function T.expected_max_of_normals()
+  local P = require "tide.plan"
+  H.eq(P.expected_max_normal(1), 0, "one")
+  H.near(P.expected_max_normal(2), 1 / math.sqrt(math.pi), 1e-6, "two")
+  H.near(P.expected_max_normal(4), 1.0294, 1e-4, "four")
+  for _, n in ipairs({ 8, 32, 144, 1000 }) do
+    H.truthy(P.expected_max_normal(n) < math.sqrt(2 * math.log(n)), "below the bound at " .. n)
+    H.truthy(P.expected_max_normal(n) > P.expected_max_normal(n / 2), "grows with n at " .. n)
+  end
+end
+
 function T.cpu_profile_times_ops_from_measured_tables()
   local hw = toy_cpu()
   local g = { kind = "gemm", m = 4, n = 64, k = 32, flops = 2 * 4 * 64 * 32, w_bytes = 64 * 32 * 2, a_bytes = 0, kv_bytes = 0 }
