@@ -95,7 +95,9 @@ void tide_vec_silu(float *o, const float *x, int64_t n);
 void tide_vec_sigmoid(float *o, const float *x, int64_t n);
 void tide_vec_swiglu(float *o, const float *g, const float *u, int64_t n);
 /* sum of squares (accumulated in float lanes), max, and o = exp(x*s - m) returning the sum. */
-float tide_vec_sumsq(const float *x, int64_t n);
+/* sum of x[i]^2 with each square rounded to f32 and the sum kept in double (ggml's RMSNorm arithmetic:
+ * the mean taken from it rounds to the same float whatever the order of the double sum) */
+double tide_vec_sumsq(const float *x, int64_t n);
 float tide_vec_max(const float *x, int64_t n);
 float tide_vec_exp_sum(float *o, const float *x, float s, float m, int64_t n);
 
@@ -109,7 +111,7 @@ void tide_vec_scale_c(float *o, const float *a, float s, int64_t n);
 void tide_vec_silu_c(float *o, const float *x, int64_t n);
 void tide_vec_sigmoid_c(float *o, const float *x, int64_t n);
 void tide_vec_swiglu_c(float *o, const float *g, const float *u, int64_t n);
-float tide_vec_sumsq_c(const float *x, int64_t n);
+double tide_vec_sumsq_c(const float *x, int64_t n);
 float tide_vec_max_c(const float *x, int64_t n);
 float tide_vec_exp_sum_c(float *o, const float *x, float s, float m, int64_t n);
 
@@ -123,7 +125,7 @@ void tide_vec_scale_avx2(float *o, const float *a, float s, int64_t n);
 void tide_vec_silu_avx2(float *o, const float *x, int64_t n);
 void tide_vec_sigmoid_avx2(float *o, const float *x, int64_t n);
 void tide_vec_swiglu_avx2(float *o, const float *g, const float *u, int64_t n);
-float tide_vec_sumsq_avx2(const float *x, int64_t n);
+double tide_vec_sumsq_avx2(const float *x, int64_t n);
 float tide_vec_max_avx2(const float *x, int64_t n);
 float tide_vec_exp_sum_avx2(float *o, const float *x, float s, float m, int64_t n);
 /* Four dot products of one f32 vector a with rows b0..b3 (same dtype) at once. */

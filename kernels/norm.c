@@ -21,7 +21,9 @@ static void rmsnorm_task(void *arg, int32_t ith, int32_t nth) {
   for (int64_t r = lo; r < hi; r++) {
     float *o = (float *)c->out->data + r * c->n;
     tide_k_load(c->x, r, 0, c->n, o);
-    float inv = 1.0f / sqrtf(tide_vec_sumsq(o, c->n) / (float)c->n + c->eps);
+    /* as ggml: the mean of the squares from a double sum, rounded to f32, then f32 from there */
+    float mean = (float)(tide_vec_sumsq(o, c->n) / (double)c->n);
+    float inv = 1.0f / sqrtf(mean + c->eps);
     tide_vec_scale(o, o, inv, c->n);
     if (c->wf) {
       tide_vec_mul(o, o, c->wf, c->n);

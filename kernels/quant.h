@@ -105,6 +105,10 @@ void tide_quant_tile4_q6_k_avx2(const void *w, const void *const *a, int64_t n, 
  * computes on the same GGUF, up to the order of float sums: on small models with near ties, activations
  * kept in f32 on some paths moved logits by ~0.1 against llama.cpp. */
 int32_t tide_quant_ggml_act_dtype(int32_t dt);
+/* The portable activation quantizer for activation format adt (q8_0: llama.cpp's activation arithmetic,
+ * tide_quant_act_q8_0_c; q8_k: the format's from_float); the AVX2 ones write the same bytes. */
+void tide_quant_act_ref(int32_t adt, const float *x, void *dst, int64_t n);
+void tide_quant_act_q8_0_c(const float *x, void *dst, int64_t n);
 /* dst (M, K, dense) = rows of A (stride lda) quantized to tide_quant_ggml_act_dtype(dt) and back; K a
  * multiple of that format's block. Returns 0, or -1 when dt has no such format or K does not fit. */
 int tide_quant_act_round(int32_t dt, const float *A, int64_t lda, int64_t M, int64_t K, float *dst);

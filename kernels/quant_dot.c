@@ -1,3 +1,4 @@
+#include <math.h>
 /* quant_dot.c: portable dot products of GGML block rows with quantized
  * activation rows, their run-time dispatch, and the quantized matmul.
  *
@@ -124,6 +125,32 @@ float tide_quant_dot_q6_k_c(const void *w, const void *a, int64_t n) {
   return s;
 }
 
+/* llama.cpp's activation quantizer (its x86 quantize_row_q8_0, not the reference quantize_row_q8_0_ref
+ * that writes weight files): id = 127 / amax and ties to even, where the weight quantizer uses
+ * 1 / (amax / 127) and ties away from zero. The two give other bytes for about 1e-5 of random values,
+ * and a single flipped activation moved the tiny test models' logits by up to ~0.04. */
+void tide_quant_act_q8_0_c(const float *x, void *dst, int64_t n) {
+  uint8_t *b = dst;
+  for (int64_t i = 0; i < n / TIDE_QK; i++, b += 34, x += TIDE_QK) {
+    float amax = 0.0f;
+    for (int j = 0; j < TIDE_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    uint16_t h = tide_f32_to_f16(d);
+    memcpy(b, &h, 2);
+    for (int j = 0; j < TIDE_QK; j++) {
+      float v = rintf(x[j] * id); /* the default rounding mode: ties to even */
+      b[2 + j] = (uint8_t)(int8_t)(v >= -128.0f && v <= 127.0f ? (int)v : 0);
+    }
+  }
+}
+
+void tide_quant_act_ref(int32_t adt, const float *x, void *dst, int64_t n) {
+  if (adt == TIDE_DTYPE_Q8_0)
+    tide_quant_act_q8_0_c(x, dst, n);
+  else
+    tide_dtype_traits(adt)->from_float(x, dst, n);
+}
+
 int32_t tide_quant_act_dtype(int32_t dt) {
   switch (dt) {
   case TIDE_DTYPE_Q8_0:
@@ -148,7 +175,7 @@ void tide_quant_act_quantize(int32_t dt, const float *x, void *a, int64_t K) {
       tide_quant_act_q8_0_avx2(x, a, K, dt == TIDE_DTYPE_Q4_0 ? (uint8_t *)a + K / TIDE_QK * 34 : NULL);
     return;
   }
-  tide_dtype_traits(adt)->from_float(x, a, K);
+  tide_quant_act_ref(adt, x, a, K);
   if (dt != TIDE_DTYPE_Q4_0) return;
   const uint8_t *q = a;
   uint8_t *aux = (uint8_t *)a + K / TIDE_QK * 34;
@@ -187,7 +214,7 @@ int tide_quant_act_round(int32_t dt, const float *A, int64_t lda, int64_t M, int
       else if (adt == TIDE_DTYPE_Q8_0 && tide_k_has_avx2())
         tide_quant_act_q8_0_avx2(A + m * lda + k, q, n, NULL);
       else
-        tr->from_float(A + m * lda + k, q, n);
+        tide_quant_act_ref(adt, A + m * lda + k, q, n);
       tr->to_float(q, dst + m * K + k, n);
     }
   return 0;

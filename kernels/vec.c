@@ -44,10 +44,10 @@ void tide_vec_sigmoid_c(float *o, const float *x, int64_t n) {
 void tide_vec_swiglu_c(float *o, const float *g, const float *u, int64_t n) {
   for (int64_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
-float tide_vec_sumsq_c(const float *x, int64_t n) {
+double tide_vec_sumsq_c(const float *x, int64_t n) {
   double s = 0.0; /* one long serial float sum would lose ~n ulps */
-  for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
-  return (float)s;
+  for (int64_t i = 0; i < n; i++) s += (double)(x[i] * x[i]);
+  return s;
 }
 float tide_vec_max_c(const float *x, int64_t n) {
   float m = -INFINITY;
@@ -126,7 +126,7 @@ void tide_vec_sigmoid(float *o, const float *x, int64_t n) {
 void tide_vec_swiglu(float *o, const float *g, const float *u, int64_t n) {
   DISPATCH(tide_vec_swiglu_avx2(o, g, u, n), tide_vec_swiglu_c(o, g, u, n));
 }
-float tide_vec_sumsq(const float *x, int64_t n) {
+double tide_vec_sumsq(const float *x, int64_t n) {
   return tide_k_has_avx2() ? tide_vec_sumsq_avx2(x, n) : tide_vec_sumsq_c(x, n);
 }
 float tide_vec_max(const float *x, int64_t n) {

@@ -354,13 +354,9 @@ static inline float hmax_ps(__m256 v) {
 }
 
 /* roundf (half away from zero), exactly: trunc(|p|) + (frac >= 0.5), sign put back; NaN lanes to 0. */
-static inline __m256i round_away_epi32(__m256 p) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 ap = _mm256_andnot_ps(sign, p);
-  __m256 t = _mm256_round_ps(ap, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-  t = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(ap, t), _mm256_set1_ps(0.5f), _CMP_GE_OQ),
-                                     _mm256_set1_ps(1.0f)));
-  t = _mm256_or_ps(t, _mm256_and_ps(p, sign));
+/* Nearest integer, ties to even (a NaN lane gives 0, as the portable quantizer). */
+static inline __m256i round_even_epi32(__m256 p) {
+  __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   t = _mm256_and_ps(t, _mm256_cmp_ps(p, p, _CMP_ORD_Q));
   return _mm256_cvttps_epi32(t);
 }
@@ -378,12 +374,12 @@ void tide_quant_act_q8_0_avx2(const float *x, void *dst, int64_t n, void *aux) {
     }
     float amax = hmax_ps(m);
     float d = amax / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float id = amax != 0.0f ? 127.0f / amax : 0.0f; /* as llama.cpp's activation quantizer (see quant.h) */
     uint16_t h = tide_f32_to_f16(d);
     memcpy(b, &h, 2);
     __m256 vid = _mm256_set1_ps(id);
     __m256i q[4];
-    for (int k = 0; k < 4; k++) q[k] = round_away_epi32(_mm256_mul_ps(v[k], vid));
+    for (int k = 0; k < 4; k++) q[k] = round_even_epi32(_mm256_mul_ps(v[k], vid));
     _mm256_storeu_si256((__m256i *)(b + 2), pack_i32_i8(q[0], q[1], q[2], q[3]));
     if (ax) {
       int32_t s = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));

@@ -211,20 +211,18 @@ void tide_vec_swiglu_avx2(float *o, const float *g, const float *u, int64_t n) {
   for (; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-float tide_vec_sumsq_avx2(const float *x, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+double tide_vec_sumsq_avx2(const float *x, int64_t n) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
-    s0 = _mm256_fmadd_ps(a, a, s0);
-    s1 = _mm256_fmadd_ps(b, b, s1);
-  }
   for (; i + 8 <= n; i += 8) {
-    __m256 a = _mm256_loadu_ps(x + i);
-    s0 = _mm256_fmadd_ps(a, a, s0);
+    __m256 a = _mm256_loadu_ps(x + i), q = _mm256_mul_ps(a, a); /* squares rounded to f32, as ggml */
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(q)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(q, 1)));
   }
-  float s = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; i++) s += x[i] * x[i];
+  double t[4];
+  _mm256_storeu_pd(t, _mm256_add_pd(s0, s1));
+  double s = (t[0] + t[1]) + (t[2] + t[3]);
+  for (; i < n; i++) s += (double)(x[i] * x[i]);
   return s;
 }
 

@@ -203,6 +203,23 @@ static void test_quant_q8_k_bsums(void **state) {
 
 /* The activation quantizer the matmul uses (AVX2 when the CPU has it) gives
  * the reference quantizer's bytes, and for q4_0 the right {d, d * sum q}. */
+/* The activation quantizer is llama.cpp's (id = 127 / amax, ties to even), not the weight quantizer
+ * (1 / (amax / 127), ties away): on a tie they differ (0.5 * d rounds to 0, not 1), and the weight
+ * quantizer's bytes stay those llama-quantize writes (test_quant_fixture_bytes). */
+static void test_quant_act_q8_0_is_llama_cpp_activation_rounding(void **state) {
+  (void)state;
+  float x[32] = {127.0f, 0.5f, -0.5f, 1.5f, 2.5f, -2.5f};
+  uint8_t a[34], w[34];
+  tide_quant_act_q8_0_c(x, a, 32);
+  tide_quant_from_float_q8_0(x, w, 32);
+  const int8_t want_a[6] = {127, 0, 0, 2, 2, -2}, want_w[6] = {127, 1, -1, 2, 3, -3};
+  for (int j = 0; j < 6; j++) {
+    assert_int_equal((int8_t)a[2 + j], want_a[j]);
+    assert_int_equal((int8_t)w[2 + j], want_w[j]);
+  }
+  assert_memory_equal(a, w, 2); /* the same scale */
+}
+
 static void test_quant_act_quantize_matches_ref(void **state) {
   (void)state;
   tu_rng_t rng = {21};
@@ -224,7 +241,7 @@ static void test_quant_act_quantize_matches_ref(void **state) {
       int64_t rb = tide_dtype_row_bytes(adt, K);
       memset(fast, 0xAA, sizeof fast);
       tide_quant_act_quantize(dt, x, fast, K);
-      tide_dtype_traits(adt)->from_float(x, ref, K);
+      tide_quant_act_ref(adt, x, ref, K); /* q8_0: llama.cpp's activation arithmetic */
       if (memcmp(fast, ref, (size_t)rb) != 0) {
         fprintf(stderr, "act quantizer for %s, row kind %d: bytes differ from the reference\n",
                 tide_dtype_traits(dt)->name, kind);
@@ -416,7 +433,7 @@ static void test_quant_matmul_fast_vs_ref(void **state) {
         for (int64_t n = 0; n < N; n++) tide_k_load(w, n, 0, K, wf + n * K);
         assert_int_equal(adt, tide_quant_ggml_act_dtype(dt));
         for (int64_t m = 0; m < M; m++) {
-          tide_dtype_traits(adt)->from_float((float *)a->data + m * K, aq, K);
+          tide_quant_act_ref(adt, (float *)a->data + m * K, aq, K);
           tide_dtype_traits(adt)->to_float(aq, af + m * K, K);
         }
         float *exact = oref->data, *of = o->data;
@@ -499,7 +516,7 @@ static void test_quant_matmul_rows_trans0(void **state) {
 }
 
 /* tide_quant_act_round: rows quantized to llama.cpp's activation format for the weight dtype and back, the
- * same floats as the format's own from_float / to_float; refused for dtypes without one and for K that is not
+ * same floats as tide_quant_act_ref then the format's to_float; refused for dtypes without one and for K that is not
  * a whole number of its blocks. */
 static void test_quant_act_round(void **state) {
   (void)state;
@@ -514,7 +531,7 @@ static void test_quant_act_round(void **state) {
     assert_int_equal(adt, f < 3 ? TIDE_DTYPE_Q8_0 : TIDE_DTYPE_Q8_K);
     assert_int_equal(tide_quant_act_round(dts[f], a, lda, M, K, got), 0);
     for (int64_t m = 0; m < M; m++) {
-      tide_dtype_traits(adt)->from_float(a + m * lda, q, K);
+      tide_quant_act_ref(adt, a + m * lda, q, K);
       tide_dtype_traits(adt)->to_float(q, want, K);
       assert_memory_equal(got + m * K, want, (size_t)K * 4);
     }
@@ -640,7 +657,7 @@ static void test_quant_packed_fast_vs_ref(void **state) {
             tide_quant_to_float_q8_k(aq, af + m * K, K);
             continue;
           }
-          tide_quant_from_float_q8_0(a + m * K, aq, K);
+          tide_quant_act_ref(TIDE_DTYPE_Q8_0, a + m * K, aq, K);
           tide_quant_to_float_q8_0(aq, af + m * K, K);
         }
         for (int64_t n = 0; n < N; n++) tide_k_load(w, n, 0, K, wf + n * K);
@@ -844,6 +861,7 @@ int main(void) {
       cmocka_unit_test(test_quant_matmul_strided_a),   cmocka_unit_test(test_quant_get_rows),
       cmocka_unit_test(test_quant_packed_fast_vs_ref), cmocka_unit_test(test_quant_to_float_fast_vs_ref),
       cmocka_unit_test(test_quant_q5_0_roundtrip),      cmocka_unit_test(test_quant_act_round),
+      cmocka_unit_test(test_quant_act_q8_0_is_llama_cpp_activation_rounding),
       cmocka_unit_test(test_quant_matmul_rows_trans0),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
