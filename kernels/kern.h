@@ -94,9 +94,8 @@ void tide_vec_scale(float *o, const float *a, float s, int64_t n);
 void tide_vec_silu(float *o, const float *x, int64_t n);
 void tide_vec_sigmoid(float *o, const float *x, int64_t n);
 void tide_vec_swiglu(float *o, const float *g, const float *u, int64_t n);
-/* sum of squares (accumulated in float lanes), max, and o = exp(x*s - m) returning the sum. */
-/* sum of x[i]^2 with each square rounded to f32 and the sum kept in double (ggml's RMSNorm arithmetic:
- * the mean taken from it rounds to the same float whatever the order of the double sum) */
+/* Sum of x[i]^2 with each square rounded to f32 and the sum kept in double (ggml's RMSNorm arithmetic);
+ * max; and o = exp(x*s - m) returning the sum. */
 double tide_vec_sumsq(const float *x, int64_t n);
 float tide_vec_max(const float *x, int64_t n);
 float tide_vec_exp_sum(float *o, const float *x, float s, float m, int64_t n);

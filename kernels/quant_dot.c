@@ -151,15 +151,8 @@ void tide_quant_act_ref(int32_t adt, const float *x, void *dst, int64_t n) {
     tide_dtype_traits(adt)->from_float(x, dst, n);
 }
 
-int32_t tide_quant_act_dtype(int32_t dt) {
-  switch (dt) {
-  case TIDE_DTYPE_Q8_0:
-  case TIDE_DTYPE_Q4_0: return TIDE_DTYPE_Q8_0;
-  case TIDE_DTYPE_Q4_K:
-  case TIDE_DTYPE_Q6_K: return TIDE_DTYPE_Q8_K;
-  default: return -1;
-  }
-}
+/* the dtypes with dot kernels: llama.cpp's activation format for each (q5_0 has none here) */
+int32_t tide_quant_act_dtype(int32_t dt) { return dt == TIDE_DTYPE_Q5_0 ? -1 : tide_quant_ggml_act_dtype(dt); }
 
 int64_t tide_quant_act_row_bytes(int32_t dt, int64_t K) {
   int64_t rb = tide_dtype_row_bytes(tide_quant_act_dtype(dt), K);
@@ -209,12 +202,8 @@ int tide_quant_act_round(int32_t dt, const float *A, int64_t lda, int64_t M, int
   for (int64_t m = 0; m < M; m++)
     for (int64_t k = 0; k < K; k += PIECE) {
       int64_t n = K - k < PIECE ? K - k : PIECE;
-      if (adt == TIDE_DTYPE_Q8_K && tide_k_has_avx2())
-        tide_quant_act_q8_k_avx2(A + m * lda + k, q, n);
-      else if (adt == TIDE_DTYPE_Q8_0 && tide_k_has_avx2())
-        tide_quant_act_q8_0_avx2(A + m * lda + k, q, n, NULL);
-      else
-        tide_quant_act_ref(adt, A + m * lda + k, q, n);
+      /* the activation quantizer of a weight dtype with that format and no aux (q4_k: q8_k, q8_0: q8_0) */
+      tide_quant_act_quantize(adt == TIDE_DTYPE_Q8_K ? TIDE_DTYPE_Q4_K : TIDE_DTYPE_Q8_0, A + m * lda + k, q, n);
       tr->to_float(q, dst + m * K + k, n);
     }
   return 0;
@@ -760,7 +749,6 @@ int tide_quant_matmul_packed(tide_pool_t *pool, float *out, const float *A, int6
   c.kp = tide_quant_packed_kp(K);
   c.prb = packed_row_bytes(K);
   /* q8_0 activations (no aux) for q8_0 / q4_0 weights, q8_k for q4_k */
-  int32_t qdt = b->dtype == TIDE_DTYPE_Q4_0 ? TIDE_DTYPE_Q4_0 : b->dtype;
   int64_t arb = b->dtype == TIDE_DTYPE_Q4_K ? tide_quant_act_row_bytes(TIDE_DTYPE_Q4_K, K)
                                             : tide_quant_act_row_bytes(TIDE_DTYPE_Q8_0, K);
   int32_t nth = tide_pool_threads(pool);
@@ -773,7 +761,7 @@ int tide_quant_matmul_packed(tide_pool_t *pool, float *out, const float *A, int6
     return tide_err_set(err, TIDE_ENOMEM, "matmul: out of memory");
   }
   /* rows of A quantized and packed on all threads (serial, this was ~3% of a 1-thread prefill) */
-  qv_act_ctx_t ac = {.A = A, .lda = lda, .K = K, .dt = qdt, .tmp = tmp, .arb = arb, .ap = ap, .prb = c.prb, .M = M};
+  qv_act_ctx_t ac = {.A = A, .lda = lda, .K = K, .dt = b->dtype, .tmp = tmp, .arb = arb, .ap = ap, .prb = c.prb, .M = M};
   tide_k_run(pool, qv_act_task, &ac, M * K * 2);
   c.ap = ap;
   c.wbuf = wbuf;

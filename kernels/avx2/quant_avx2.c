@@ -353,7 +353,6 @@ static inline float hmax_ps(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-/* roundf (half away from zero), exactly: trunc(|p|) + (frac >= 0.5), sign put back; NaN lanes to 0. */
 /* Nearest integer, ties to even (a NaN lane gives 0, as the portable quantizer). */
 static inline __m256i round_even_epi32(__m256 p) {
   __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
