@@ -171,4 +171,30 @@ int tide_op_attention(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t
 int tide_ref_attention(tide_tensor_t *out, const tide_tensor_t *q, const tide_tensor_t *k_cache,
                        const tide_tensor_t *v_cache, const tide_batch_t *batch, float scale, tide_err_t *err);
 
+
+/* ---- llama.cpp's arithmetic (kernels/ggml_order.c) ----------------------- */
+
+/* The ops above with each sum and rounding done in the order of the x86
+ * build of llama.cpp's CPU backend, in portable scalar C (numerics = "ggml"
+ * in the Lua API): for comparing Tide and llama.cpp bit for bit. Same
+ * arguments and checks as their counterparts. matmul: trans_b = 1; weight
+ * dtypes tide_ggml_matmul_supports() names, others go to tide_op_matmul.
+ * rope: scaling NONE, LINEAR, YARN (LLAMA3 goes to tide_op_rope). attention: f32 caches;
+ * batch->n_tok >= 2 takes llama.cpp's prompt-batch order for P.V. */
+int tide_ggml_matmul_supports(int32_t dtype);
+int tide_op_matmul_ggml(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *a, const tide_tensor_t *b,
+                        tide_err_t *err);
+int tide_op_rope_ggml(tide_pool_t *pool, tide_tensor_t *x, const tide_tensor_t *pos, const tide_rope_t *cfg,
+                      tide_err_t *err);
+int tide_op_swiglu_ggml(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *gate, const tide_tensor_t *up,
+                        tide_err_t *err);
+int tide_op_attention_ggml(tide_pool_t *pool, tide_tensor_t *out, const tide_tensor_t *q,
+                           const tide_tensor_t *k_cache, const tide_tensor_t *v_cache, const tide_batch_t *batch,
+                           float scale, tide_err_t *err);
+/* The scalar pieces: ggml's f32 dot of n values; its 16-lane tile dot (n a
+ * multiple of 16); its vector exp. */
+float tide_ggml_dot_f32(const float *x, const float *y, int64_t n);
+float tide_ggml_dot_f32_tile(const float *x, const float *y, int64_t n);
+float tide_ggml_expf(float x);
+
 #endif

@@ -93,13 +93,20 @@ local function build(cfg, tensors, opts, source)
   if type(qc) == "table" and qc.quant_method and qc.quant_method ~= "fp8" then
     return nil, source .. ": quantization method '" .. tostring(qc.quant_method) .. "' not supported (fp8)"
   end
+  if opts.numerics ~= nil and opts.numerics ~= "tide" and opts.numerics ~= "ggml" then
+    return nil, source .. ": numerics must be 'tide' or 'ggml', not '" .. tostring(opts.numerics) .. "'"
+  end
+  if opts.numerics == "ggml" and opts.mla == nil then
+    -- llama.cpp runs MLA in its naive form on GGUFs with attn_kv_b; the ggml-order ops cover that form
+    opts = setmetatable({ mla = "naive" }, { __index = opts })
+  end
   local W = M.weights(tensors, block)
   local ok, arch = pcall(require(archmod).build, cfg, W, opts)
   if not ok then return nil, source .. ": " .. tostring(arch) end
   local self = setmetatable({
     arch = arch, config = cfg, opts = opts, source = source,
     n_vocab = arch.n_vocab, max_ctx = opts.max_ctx or cfg.max_position_embeddings or 4096,
-    ws = T.workspace(), tmp_batch = ffi.new("tide_batch_t"), tensors = tensors,
+    ws = T.workspace(opts.numerics), tmp_batch = ffi.new("tide_batch_t"), tensors = tensors,
     bos_id = cfg.bos_token_id, eos_id = cfg.eos_token_id,
   }, Model)
   return self
@@ -114,7 +121,10 @@ end
 
 -- tide.load(path, opts): path is a Hugging Face folder (config.json +
 -- safetensors) or a .gguf file. opts: mla ("auto" (default) | "naive" | "absorb"), kv = {block,
--- dtype, blocks}, threads, max_ctx. Returns the model or nil, err.
+-- dtype, blocks}, threads, max_ctx, numerics ("tide" (default) | "ggml": every op
+-- this model runs computes with llama.cpp's CPU arithmetic, in its order, where
+-- kernels/ggml_order.c covers it; slower, for bit-for-bit comparisons).
+-- Returns the model or nil, err.
 function M.load(path, opts)
   opts = opts or {}
   if type(path) ~= "string" then return nil, "tide.load: path must be a string" end
@@ -219,29 +229,39 @@ end
 
 function Model:run_step(ctx, ids, seqs, counts, want, opts)
   local arch, ws = self.arch, self.ws
-  local x = arch:forward_hidden(ctx, ids)
-  -- opts.on_hidden(x): every row's hidden state (n_tok, dim) before the final norm (speculative decoding)
-  if opts and opts.on_hidden then opts.on_hidden(x) end
   local n_tok = tonumber(ids._p.shape[0])
-  local rows = x
-  if want ~= "all" then
-    local sel = ws:get_i32("rows", #seqs)
+  local sel
+  if want ~= "all" and #seqs ~= n_tok then
+    sel = ws:get_i32("rows", #seqs)
     local sp = ffi.cast("int32_t*", sel._p.data)
     local off = 0
     for i = 1, #seqs do
       off = off + counts[i]
       sp[i - 1] = off - 1
     end
-    if #seqs ~= n_tok then
-      rows = ws:get("sel", #seqs, arch.dim)
-      T.op.get_rows(rows, x, sel)
-    end
+  end
+  -- numerics = "ggml": the last layer's FFN runs on the selected rows only, as in llama.cpp (its
+  -- kernels' order depends on the row count)
+  local early = sel and ws.numerics == "ggml" and not (opts and opts.on_hidden) and arch.layers
+  if early then ctx.out_rows, ctx.out_layer = sel, #arch.layers end
+  local x = arch:forward_hidden(ctx, ids)
+  ctx.out_rows, ctx.out_layer = nil, nil
+  -- opts.on_hidden(x): every row's hidden state (n_tok, dim) before the final norm (speculative decoding)
+  if opts and opts.on_hidden then opts.on_hidden(x) end
+  local rows = x
+  if sel and not early then
+    rows = ws:get("sel", #seqs, arch.dim)
+    T.op.get_rows(rows, x, sel)
   end
   local n = tonumber(rows._p.shape[0])
   local hn = arch.norm:forward(ws, "hn", rows)
   -- opts.reuse: logits in a workspace slot, valid until the next step (the generation loop)
   local logits = (opts and opts.reuse) and ws:get("logits", n, self.n_vocab) or T.zeros({ n, self.n_vocab })
-  T.op.matmul(logits, hn, arch.lm_head.weight)
+  if ws.numerics == "ggml" then
+    T.op.matmul_ggml(logits, hn, arch.lm_head.weight)
+  else
+    T.op.matmul(logits, hn, arch.lm_head.weight)
+  end
   return logits, hn
 end
 

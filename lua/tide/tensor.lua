@@ -504,7 +504,17 @@ end
 local Workspace = {}
 Workspace.__index = Workspace
 
-local function workspace() return setmetatable({ slots = {}, views = {} }, Workspace) end
+-- x rounded to the nearest float32 (Lua numbers are doubles)
+local f32buf = ffi.new("float[1]")
+local function f32(x)
+  f32buf[0] = x
+  return f32buf[0]
+end
+
+-- numerics: nil / "tide", or "ggml" (the model's ops take llama.cpp's arithmetic; see tide.load)
+local function workspace(numerics)
+  return setmetatable({ slots = {}, views = {}, numerics = numerics }, Workspace)
+end
 
 local function ws_get(self, key, dt, d0, d1, d2, d3)
   d0, d1, d2, d3 = tonumber(d0), d1 and tonumber(d1), d2 and tonumber(d2), d3 and tonumber(d3)
@@ -586,6 +596,13 @@ function op.matmul(out, a, b, trans_b)
   return out
 end
 -- One product per group (head): out (G, M, N), a (G, M, K), b (G, N, K) (or (G, K, N) with trans_b false).
+-- llama.cpp's arithmetic, operation for operation (kernels/ggml_order.c; numerics = "ggml")
+function op.matmul_ggml(out, a, b)
+  ck(C.tide_op_matmul_ggml(default_pool(), out._p, a._p, b._p, err))
+  return out
+end
+function op.rope_ggml(x, pos, cfg) ck(C.tide_op_rope_ggml(default_pool(), x._p, pos._p, cfg, err)) return x end
+function op.swiglu_ggml(out, g, u) ck(C.tide_op_swiglu_ggml(default_pool(), out._p, g._p, u._p, err)) return out end
 function op.matmul_heads(out, a, b, trans_b)
   ck(C.tide_op_matmul_heads(default_pool(), out._p, a._p, b._p, trans_b == false and 0 or 1, err))
   return out
@@ -614,6 +631,10 @@ function op.topk(vals, idx, x, k) ck(C.tide_op_topk(default_pool(), vals._p, idx
 function op.kv_store(cache, src, batch) ck(C.tide_op_kv_store(default_pool(), cache._p, src._p, batch, err)) end
 function op.attention(out, q, k, v, batch, s)
   ck(C.tide_op_attention(default_pool(), out._p, q._p, k._p, v._p, batch, s, err))
+  return out
+end
+function op.attention_ggml(out, q, k, v, batch, s)
+  ck(C.tide_op_attention_ggml(default_pool(), out._p, q._p, k._p, v._p, batch, s, err))
   return out
 end
 
@@ -673,6 +694,7 @@ local M = {
   lua_tensor = lua_tensor,
   from_ints = from_ints,
   workspace = workspace,
+  f32 = f32,
   Workspace = Workspace,
   fill_zero = fill_zero,
   op = op,

@@ -18,6 +18,8 @@ usage: tide generate [--model PATH] --prompt TEXT [options]
   --chat              wrap the prompt in the model's chat template
   --mla MODE          auto | naive | absorb (DeepSeek-V3; auto: absorbed for
                       decode-sized steps, naive for prefill chunks)
+  --numerics N        tide (default) | ggml: every op in llama.cpp's CPU arithmetic and
+                      order (bit-for-bit comparisons with llama.cpp; slower)
   --threads N         compute threads
   --json              print {"prompt_ids", "ids", "text", "timings"} instead of streaming
   --recipe FILE       run the recipe's parallel plan (model, EP/DP/TP/PP; under mpirun one
@@ -25,7 +27,7 @@ usage: tide generate [--model PATH] --prompt TEXT [options]
 
 local spec = { model = "string", prompt = "string", max_tokens = "number", temp = "number", top_k = "number",
   top_p = "number", min_p = "number", repeat_penalty = "number", seed = "number", stop = "string", chat = "flag",
-  mla = "string", threads = "number", json = "flag", ignore_eos = "flag", recipe = "string" }
+  mla = "string", threads = "number", json = "flag", ignore_eos = "flag", recipe = "string", numerics = "string" }
 
 local function fail(msg)
   io.stderr:write("tide generate: ", msg, "\n")
@@ -39,7 +41,7 @@ function M.main(args)
   if not o.prompt then return fail("missing --prompt (see tide generate --help)") end
   if o.recipe then return require("tide.parallel.recipe").generate_cli(o) end
   local tide = require "tide"
-  local m, le = tide.load(o.model or "models/dsv3-tiny", { mla = o.mla, threads = o.threads })
+  local m, le = tide.load(o.model or "models/dsv3-tiny", { mla = o.mla, threads = o.threads, numerics = o.numerics })
   if not m then return fail(le) end
   local tok = m.tokenizer
   if not tok then return fail(m.tokenizer_error or "the model has no tokenizer") end

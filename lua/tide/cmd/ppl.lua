@@ -15,11 +15,12 @@ usage: tide ppl [--model PATH] --file TEXT [--ctx 256] [--max-tokens 65536] [--k
   --max-tokens N     tokens scored (default 65536)
   --mla MODE         auto | naive | absorb (DeepSeek-V3; default auto)
   --kv-dtype T       KV cache dtype: f32 (default), bf16, f16, f8_e4m3, q8_0 (GGML blocks of 32)
+  --numerics N       tide (default) | ggml: llama.cpp's CPU arithmetic and order, op for op
   --threads N        compute threads
   --json             print {"nll": ..., "ppl": ..., "tokens": ...}]]
 
 local spec = { model = "string", file = "string", ctx = "number", max_tokens = "number", json = "flag", kv_dtype = "string",
-  mla = "string", threads = "number" }
+  mla = "string", threads = "number", numerics = "string" }
 
 local function fail(msg)
   io.stderr:write("tide ppl: ", msg, "\n")
@@ -98,7 +99,7 @@ function M.main(args)
   local max_tokens = o.max_tokens or 65536
   if ctx < 1 or max_tokens < 1 then return fail("--ctx and --max-tokens must be positive") end
   local tide = require "tide"
-  local m, le = tide.load(o.model or "models/dsv3-tiny", { mla = o.mla, threads = o.threads,
+  local m, le = tide.load(o.model or "models/dsv3-tiny", { mla = o.mla, threads = o.threads, numerics = o.numerics,
     kv = { blocks = math.ceil(ctx / 16) + 2, dtype = o.kv_dtype } })
   if not m then return fail(le) end
   local okc, ce = pcall(m.kv_cache, m)

@@ -170,7 +170,7 @@ end
 
 function DSV3:forward_hidden(ctx, ids)
   local x = self.embed:forward(ctx.ws, "x", ids)
-  for i, L in ipairs(self.layers) do llama.layer_forward(ctx, L, i, x) end
+  for i, L in ipairs(self.layers) do x = llama.layer_forward(ctx, L, i, x) end
   return x
 end
 

@@ -85,10 +85,21 @@ function Llama:kv_layouts()
 end
 
 -- A pre-norm residual decoder layer; li is its cache layer (1-based).
+-- Returns x (updated in place), or with ctx.out_rows (numerics = "ggml")
+-- at layer ctx.out_layer only those rows, kept after the attention as
+-- llama.cpp does before its last layer's FFN.
 function M.layer_forward(ctx, L, li, x)
   local ws = ctx.ws
   local h = L.attn_norm:forward(ws, "h", x)
-  T.op.add(x, x, L.attn:forward(ctx, li, h))
+  local a = L.attn:forward(ctx, li, h)
+  if ctx.out_rows and li == ctx.out_layer then
+    local ns, dim = tonumber(ctx.out_rows._p.shape[0]), tonumber(x._p.shape[1])
+    local xs, as = ws:get("x.sel", ns, dim), ws:get("attn.sel", ns, dim)
+    T.op.get_rows(xs, x, ctx.out_rows)
+    T.op.get_rows(as, a, ctx.out_rows)
+    x, a = xs, as
+  end
+  T.op.add(x, x, a)
   h = L.mlp_norm:forward(ws, "h", x)
   local m
   if L.moe then m = L.moe:forward(ctx, h, "ffn.out") else m = L.mlp:forward(ws, "ffn.out", h) end
@@ -99,7 +110,7 @@ end
 -- ids (n_tok) i32 -> hidden states (n_tok, dim) before the final norm.
 function Llama:forward_hidden(ctx, ids)
   local x = self.embed:forward(ctx.ws, "x", ids)
-  for i, L in ipairs(self.layers) do M.layer_forward(ctx, L, i, x) end
+  for i, L in ipairs(self.layers) do x = M.layer_forward(ctx, L, i, x) end
   return x
 end
 

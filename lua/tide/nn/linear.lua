@@ -13,7 +13,11 @@ end
 -- out: a workspace tensor named key (or the given out tensor).
 function Linear:forward(ws, key, x, out)
   out = out or ws:get(key, tonumber(x._p.shape[0]), self.out_features)
-  T.op.matmul(out, x, self.weight)
+  if ws.numerics == "ggml" then
+    T.op.matmul_ggml(out, x, self.weight)
+  else
+    T.op.matmul(out, x, self.weight)
+  end
   return out
 end
 

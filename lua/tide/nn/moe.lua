@@ -43,8 +43,8 @@ function MoE.new(w, cfg)
 end
 
 -- Routing of n tokens from scores (n, E) f32: fills sel[t*k + j] (expert id)
--- and wt[t*k + j] (weight).
-function MoE:route(scores, n, sel, wt)
+-- and wt[t*k + j] (weight). ggml: as llama.cpp (see forward_ggml).
+function MoE:route(scores, n, sel, wt, ggml)
   local E, G, TG, K = self.n_expert, self.n_group, self.topk_group, self.top_k
   local per = E / G
   local bias = self.bias
@@ -77,18 +77,19 @@ function MoE:route(scores, n, sel, wt)
         end
         gkeep[best] = 1
       end
+      local drop = ggml and -math.huge or 0.0
       for g = 0, G - 1 do
-        if gkeep[g] == 0 then for e = g * per, g * per + per - 1 do choice[e] = 0.0 end end
+        if gkeep[g] == 0 then for e = g * per, g * per + per - 1 do choice[e] = drop end end
       end
     end
-    -- top K by choice score (ties to the lower id); mark taken with -inf
+    -- top K by choice score (ties to the lower id); mark taken with -inf (first-best once all are -inf)
     local sum = 0.0
     for j = 0, K - 1 do
-      local best = 0
+      local best = -1
       local bv = -math.huge
       for e = 0, E - 1 do
         local v = choice[e]
-        if v > bv then best, bv = e, v end
+        if v > bv or best < 0 then best, bv = e, v end
       end
       choice[best] = -math.huge
       sel[t * K + j] = best
@@ -96,9 +97,20 @@ function MoE:route(scores, n, sel, wt)
       wt[t * K + j] = w
       sum = sum + w
     end
-    local f = self.rscale
-    if self.norm then f = f / (sum + 1e-20) end
-    for j = 0, K - 1 do wt[t * K + j] = wt[t * K + j] * f end
+    if ggml then
+      -- llama.cpp: the sum rounded to float and clamped, each weight divided by it, then scaled
+      sum = math.max(T.f32(sum), 6.103515625e-5)
+      for j = 0, K - 1 do
+        local w = wt[t * K + j]
+        if self.norm then w = T.f32(w / sum) end
+        if self.rscale ~= 1.0 then w = T.f32(w * self.rscale) end
+        wt[t * K + j] = w
+      end
+    else
+      local f = self.rscale
+      if self.norm then f = f / (sum + 1e-20) end
+      for j = 0, K - 1 do wt[t * K + j] = wt[t * K + j] * f end
+    end
   end
 end
 
@@ -127,6 +139,7 @@ end
 
 -- x (n, dim) -> (n, dim) in workspace slot key.
 function MoE:forward(ctx, x, key)
+  if ctx.ws.numerics == "ggml" then return self:forward_ggml(ctx, x, key) end
   local ws, n = ctx.ws, tonumber(x._p.shape[0])
   local E, K, dim, I = self.n_expert, self.top_k, self.dim, self.inter
   -- route
@@ -175,6 +188,48 @@ function MoE:forward(ctx, x, key)
     T.fill_zero(out)
   end
   T.op.scatter_add(out, y, tok, rw)
+  return out
+end
+
+-- numerics = "ggml": the layer as llama.cpp's CPU backend computes it, each
+-- float operation rounded where it rounds. Router logits through its f32
+-- dot order; scores 1 / (1 + expf(-x)); choice = score + bias; group score =
+-- the sum of its top 2 choices; dropped groups at -inf (where the reference
+-- implementation uses 0); top-k in descending choice order; weights =
+-- score / sum(scores) then * routed_scaling_factor, each rounded to float;
+-- each token's experts one row at a time (its per-row kernels), weighted
+-- outputs summed in top-k order, then the shared experts added.
+pcall(ffi.cdef, "float expf(float x);")
+
+function MoE:forward_ggml(ctx, x, key)
+  local ws, n = ctx.ws, tonumber(x._p.shape[0])
+  local E, K, dim = self.n_expert, self.top_k, self.dim
+  local logits = ws:get("moe.logits", n, E)
+  T.op.matmul_ggml(logits, x, self.gate)
+  local lp = ffi.cast("float*", logits._p.data)
+  for i = 0, n * E - 1 do lp[i] = T.f32(1.0 / T.f32(1.0 + ffi.C.expf(-lp[i]))) end -- its sigmoid, libm's expf
+  local sel = ffi.new("int32_t[?]", n * K)
+  local wt = ffi.new("float[?]", n * K)
+  self:route(logits, n, sel, wt, true)
+  local out = self.shared and self.shared:forward(ws, key, x) or T.zeros({ n, dim })
+  local acc, tmp = ws:get("moe.acc", 1, dim), ws:get("moe.tmp", 1, dim)
+  for t = 0, n - 1 do
+    local xr = ws:view("moe.xr", x, t * dim, 1, dim)
+    for j = 0, K - 1 do
+      local e = sel[t * K + j]
+      self.loads[e] = self.loads[e] + 1
+      local y = self.experts[e + 1]:forward(ws, "moe.ey", xr)
+      T.op.scale(j == 0 and acc or tmp, y, wt[t * K + j])
+      if j > 0 then T.op.add(acc, acc, tmp) end
+    end
+    local orow = ws:view("moe.or", out, t * dim, 1, dim)
+    T.op.add(orow, acc, orow)
+  end
+  if not self.shared then
+    local o = ws:get(key, n, dim)
+    T.op.convert(o, out)
+    return o
+  end
   return out
 end
 

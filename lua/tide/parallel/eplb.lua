@@ -23,11 +23,7 @@ local ffi = require "ffi"
 
 local M = {}
 
-local f32buf = ffi.new("float[1]")
-local function f32(x)
-  f32buf[0] = x
-  return f32buf[0]
-end
+local f32 = require("tide.tensor").f32
 
 -- Indices 0..n-1 of w (0-based array) sorted by descending weight, stable.
 local function argsort_desc(w, n)

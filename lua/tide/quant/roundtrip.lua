@@ -66,6 +66,18 @@ function M.env()
   return env
 end
 
+-- True when this CPU has AVX-512 (F and DQ), so that llama.cpp's prebuilt CPU
+-- build runs one of its AVX-512 backends, whose arithmetic numerics = "ggml"
+-- reproduces.
+function M.llama_cpp_avx512()
+  local f = io.open("/proc/cpuinfo", "rb")
+  if not f then return false end
+  local s = f:read("*a")
+  f:close()
+  local flags = s:match("\nflags%s*:%s*([^\n]*)") or ""
+  return (" " .. flags .. " "):find(" avx512f ", 1, true) ~= nil and (" " .. flags .. " "):find(" avx512dq ", 1, true) ~= nil
+end
+
 -- The fixture prompts (ids with BOS) of a model: tests/fixtures/<model>.json.
 function M.prompts(model)
   local f = io.open("tests/fixtures/" .. model .. ".json", "rb")
@@ -105,8 +117,9 @@ end
 -- attn_k_b / attn_v_b): the absorbed form multiplies the same weights in
 -- another order, with activations quantized at other points, and on the
 -- tiny random models every such difference flips near ties.
-function M.tide_greedy(path, prompts, n, kv)
-  local m, e = require("tide").load(path, { kv = kv and { dtype = kv } or nil, mla = "naive" })
+-- numerics: "tide" (Tide's kernels) or "ggml" (llama.cpp's arithmetic, see tide.load).
+function M.tide_greedy(path, prompts, n, kv, numerics)
+  local m, e = require("tide").load(path, { kv = kv and { dtype = kv } or nil, mla = "naive", numerics = numerics })
   if not m then return nil, e end
   local all = {}
   for i, p in ipairs(prompts) do
@@ -179,7 +192,8 @@ end
 
 -- opts: models (names under models/), formats, n (24), dir (scratch folder),
 -- directions ({ "llama.cpp->tide", "tide->llama.cpp" }), llama_kv (llama.cpp's
--- KV type, see llama_cpp_greedy; "F32"), tide_kv (Tide's KV dtype, "f32"), log(msg).
+-- KV type, see llama_cpp_greedy; "F32"), tide_kv (Tide's KV dtype, "f32"), numerics (Tide's:
+-- "tide" or "ggml", see tide.load), log(msg).
 -- Returns rows (see the top) or nil, err.
 function M.run(env, opts)
   local n, dir = opts.n or 24, assert(opts.dir, "roundtrip: dir")
@@ -206,7 +220,7 @@ function M.run(env, opts)
           if not ok then return nil, "tide quantize " .. model .. " " .. format .. ": " .. tostring(e) end
         end
         log(string.format("%s %s %s: %s", model, format, direction, path))
-        local ours, m = M.tide_greedy(path, prompts, n, opts.tide_kv)
+        local ours, m = M.tide_greedy(path, prompts, n, opts.tide_kv, opts.numerics)
         if not ours then return nil, "tide on " .. path .. ": " .. tostring(m) end
         local theirs, le = M.llama_cpp_greedy(env, path, prompts, n, opts.llama_kv)
         if not theirs then return nil, le end
