@@ -309,6 +309,20 @@ function T.cpu_profile_times_ops_from_measured_tables()
   local big = { kind = "gemm", m = 16, n = 64, k = 32, flops = 2 * 16 * 64 * 32, w_bytes = 0, a_bytes = 0, kv_bytes = 0 }
   H.near(hwmod.op_time(hw4, big, "bf16"), 3 * big.flops / 16e9, 1e-12, "measured, compute GEMM")
   H.near(hwmod.op_time(hw4, x, "bf16"), 3 * (2e-6 + 1e6 / 10e9), 1e-12, "measured, elementwise")
+  -- within a step, the contention part of the streaming factor scales with the share rho of the ranks'
+  -- time spent streaming: fs = fc (1 + (fs_probe / fc - 1) rho)
+  local o = { compute = 2, stream = 4 }
+  H.eq(hwmod.stream_factor(o), 4, "no step share: the probe's factor")
+  o.rho = 0.5
+  H.near(hwmod.stream_factor(o), 3, 1e-12, "half the step streaming")
+  hw4.cpu.oversub = { compute = 3, stream = 5, rho = 0 }
+  H.near(hwmod.op_time(hw4, pure, "bf16"), 3 * pure.flops / 1e9, 1e-12, "no other rank streaming: the core share")
+  H.eq(hwmod.stream_share(o, 1, 1), 1, "all streaming")
+  H.eq(hwmod.stream_share(o, 1, 0), 0, "none streaming")
+  local rho = hwmod.stream_share(o, 1, 0.5)
+  local fs = hwmod.stream_factor({ compute = 2, stream = 4, rho = rho })
+  H.near(rho, fs * 0.5 / (2 * 0.5 + fs * 0.5), 1e-9, "fixed point")
+  H.truthy(rho > 0.5 and rho < 2 / 3, "streaming stretches more than compute: " .. rho)
 end
 
 function T.cpu_profile_plans_a_model_step()

@@ -89,6 +89,37 @@ M.nearest = nearest
 -- R / c; a weight-streaming op also loses bandwidth, from bw1 (one thread
 -- alone) to bw_all / c (each of c running ranks): t' = R/c * (t + w_bytes *
 -- (c / bw_all - 1 / bw1))+.
+-- The part of an op's time alone t that its weight bytes take at one
+-- thread's streaming rate (GEMMs only; at most t).
+function M.cpu_stream_part(cpu, op, t)
+  return (op.kind == "gemm" and cpu.bw1 and cpu.bw1 > 0) and math.min(t, op.w_bytes / cpu.bw1) or 0
+end
+
+-- The streaming slowdown of one rank among R sharing c cores. The probe
+-- (oversub.stream) measures it with every rank streaming at once: the core
+-- share (oversub.compute) times the contention for memory bandwidth. In a
+-- step, a rank's weight streaming meets another rank's only for the share
+-- rho of the time the ranks spend streaming (oversub.rho, set per step by
+-- tide.plan), so the contention part scales with rho:
+-- fs = fc (1 + (fs_probe / fc - 1) rho). Without rho, the probe's factor.
+function M.stream_factor(o)
+  if not o.rho then return o.stream end
+  return o.compute * (1 + (o.stream / o.compute - 1) * o.rho)
+end
+
+-- rho for a step whose ops alone take t_i with streaming parts tb_i: the
+-- share of a rank's shared time spent streaming, the fixed point of
+-- rho = fs(rho) sum tb / (fc sum (t - tb) + fs(rho) sum tb).
+function M.stream_share(o, sum_t, sum_tb)
+  if sum_tb <= 0 then return 0 end
+  local rho = 1
+  for _ = 1, 20 do
+    local fs = o.compute * (1 + (o.stream / o.compute - 1) * rho)
+    rho = fs * sum_tb / (o.compute * (sum_t - sum_tb) + fs * sum_tb)
+  end
+  return rho
+end
+
 function M.cpu_op_time(hw, op, wd)
   local cpu = hw.cpu
   local t, bound, info
@@ -146,10 +177,11 @@ function M.cpu_op_time(hw, op, wd)
     -- streaming factor counted its arithmetic as streaming: a bf16 expert at
     -- ~4 rows is about half streaming alone, and 4-rank EP decode came out
     -- 13-28% slow.)
-    local fc, fs = cpu.oversub.compute, cpu.oversub.stream
-    local tb = (op.kind == "gemm" and cpu.bw1 and cpu.bw1 > 0) and math.min(t, op.w_bytes / cpu.bw1) or 0
-    info.shared = string.format("%.3f ms compute x %.2f + %.3f ms streaming x %.2f (measured with %d ranks on %d cores)",
-      (t - tb) * 1e3, fc, tb * 1e3, fs, R, c)
+    local fc, fs = cpu.oversub.compute, M.stream_factor(cpu.oversub)
+    local tb = M.cpu_stream_part(cpu, op, t)
+    info.shared = string.format("%.3f ms compute x %.2f + %.3f ms streaming x %.2f (measured with %d ranks on %d cores%s)",
+      (t - tb) * 1e3, fc, tb * 1e3, fs, R, c, cpu.oversub.rho and string.format(", %.0f%% of the step streaming",
+        100 * cpu.oversub.rho) or "")
     t = fc * (t - tb) + fs * tb
   elseif R > c then
     local extra = 0

@@ -259,6 +259,23 @@ function M.phase(ctx, phase, batch)
         rdma, hw.inter.bw * hw.eff.inter) })
   end
   cost.step(m, rec, bm, { mla = mode, mtp = draft > 0 })
+  -- a calibrated CPU profile with a measured oversubscription: the step's
+  -- streaming share rho first (tide.plan.hardware.stream_factor)
+  local over = hw.cpu and hw.cpu.oversub and (hw.cpu.ranks or 1) > 1 and hw.cpu.oversub
+  if over then
+    over.rho = nil
+    local st, stb = 0, 0
+    local R0 = hw.cpu.ranks
+    hw.cpu.ranks = 1
+    for _, op in ipairs(rec.ops) do
+      if op.kind ~= "comm" then
+        local t = hwmod.op_time(hw, op, s.wdtype)
+        st, stb = st + t, stb + hwmod.cpu_stream_part(hw.cpu, op, t)
+      end
+    end
+    hw.cpu.ranks = R0
+    over.rho = hwmod.stream_share(over, st, stb)
+  end
   -- time each op; tensor parallelism splits the non-expert work tp ways and
   -- adds two all-reduces of the activations per layer
   local layers = {}
@@ -278,6 +295,7 @@ function M.phase(ctx, phase, batch)
     layers[op.layer] = L
     if bound == "link" then L.x = L.x + op.t else L.c = L.c + op.t end
   end
+  if over then over.rho = nil end
   if tp > 1 then
     local bytes = b.n * cfg.hidden_size * abytes * 2 * (tp - 1) / tp
     local t = 2 * (bytes / (hw.intra.bw * hw.eff.intra) + hw.intra.latency)
