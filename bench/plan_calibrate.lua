@@ -5,19 +5,24 @@
 --      at the shape classes the model's cost walk asks for (tide.plan.calib:
 --      GEMM rate by weight shape at the rows it runs at, grouped experts per
 --      hit, attention per call + rate, op call overhead, streaming bandwidth),
---      two rounds before and two after the case's timed steps (the box is
---      shared and its load drifts, and a burst of load spoils a round: the
---      medians of the four are used); then
---      the step predicted by tide.plan from that profile. The steps run back
+--      in four rounds, with a block of timed steps between each two (the box
+--      is shared and its load drifts, and a burst of load spoils a round or a
+--      block): each block is predicted by tide.plan from the profile of the
+--      two rounds around it, and the case reports the block whose
+--      predicted / measured is the median of the three (an untimed prefill
+--      first: the first at a size faults in its buffers). The steps run back
 --      to back after two untimed ones: a step right after a microbenchmark
 --      round (~100 MB of weights cycled through) measured 1.2-3x its steady
 --      time, which is not the time the planner predicts;
 --   2. dsv3-moe-1b under MPI, R ranks of EP (mpirun --oversubscribe, one thread
 --      per rank, DP-attention: each rank steps its own batch): one-thread
 --      microbenchmarks here before and after the job; inside the job the
---      all-to-all latency and bandwidth and an oversubscription probe (the same
---      fixed GEMM / streaming work alone vs in all ranks at once; --modelled
---      uses R / cores and the bandwidth model instead); the same steps per rank.
+--      all-to-all latency and bandwidth, and four rounds of an
+--      oversubscription probe (the same fixed GEMM / streaming work alone vs
+--      in all ranks at once; --modelled uses R / cores and the bandwidth model
+--      instead) around three blocks of the same steps per rank; each block
+--      is predicted with the probe rounds around it, and the median block
+--      reported, as in 1.
 -- Step times are never used to set the profile. Prints one JSON line per case
 -- ({"bench":"plan_calibrate", ..., "predicted_ms", "measured_ms", "ratio"}) and a table.
 --
@@ -57,10 +62,10 @@ end
 
 -- The engine's steps on model m (its own sequences; sync() runs before each
 -- timed step: a barrier under MPI). Medians over REPS.
-local function measure_prefill(m, sync, salt, between)
+local function measure_prefill(m, sync, salt, between, reps)
   local kv = m:kv_cache()
   local ts = {}
-  for r = 1, REPS do
+  for r = 1, reps or REPS do
     local s = assert(kv:seq_new())
     local toks = {}
     for i = 1, P do toks[i] = (i * 37 + salt * 7919 + r) % 8000 + 3 end
@@ -100,12 +105,6 @@ local function measure_decode(m, B, sync, salt, between)
   return median(dt)
 end
 
-local function measure_steps(m, sync, salt)
-  local out = { prefill = measure_prefill(m, sync, salt), decode = {} }
-  for _, B in ipairs(BATCHES) do out.decode[B] = measure_decode(m, B, sync, salt) end
-  return out
-end
-
 local function load(dir, kvseqs)
   local tide = require "tide"
   return assert(tide.load(dir, { kv = { seqs = kvseqs }, max_ctx = math.max(P, PROMPT + 3 * REPS + 4) + 16 }))
@@ -136,23 +135,30 @@ if opts.worker then
       end
       return median(ts)
     end
-    -- the oversubscription probe, all ranks at once (tide.plan.calib.probe)
-    c:barrier()
-    local pc, ps = calib.probe("bf16", false, function() c:barrier() end)
-    local pm = c:allreduce_table({ pc, ps }, "sum")
+    -- the oversubscription probe, all ranks at once (tide.plan.calib.probe): rank-averaged times
+    local function probe()
+      c:barrier()
+      local pc, ps = calib.probe("bf16", false, function() c:barrier() end)
+      local pm = c:allreduce_table({ pc, ps }, "sum")
+      return { pm[1] / n, pm[2] / n }
+    end
     local t_small, big = a2a(64), 256 * 1024
     local t_big = a2a(big)
     local lat = t_small
     local bw = big * (n - 1) / math.max(t_big - t_small, 1e-9)
-    local steps = measure_steps(m, function() c:barrier() end, c:rank() + 1)
-    -- the step of the job is the slowest rank's
-    local vals = { steps.prefill }
-    for _, B in ipairs(BATCHES) do vals[#vals + 1] = steps.decode[B] end
-    local mx = c:allreduce_table(vals, "max")
-    local s = string.format('{"latency":%.9g,"bw":%.9g,"probe_compute":%.9g,"probe_stream":%.9g,"prefill":%.9g', lat, bw,
-      pm[1] / n, pm[2] / n, mx[1])
-    for i, B in ipairs(BATCHES) do s = s .. string.format(',"b%d":%.9g', B, mx[i + 1]) end
-    return s .. "}"
+    local sync = function() c:barrier() end
+    -- four probe rounds around three blocks of steps (as the single-process cases); the step of the
+    -- job is the slowest rank's
+    measure_prefill(m, sync, c:rank() + 11, nil, 1) -- untimed: faults in the prefill buffers
+    local probes, blocks = { probe() }, {}
+    for b = 1, 3 do
+      local vals = { measure_prefill(m, sync, c:rank() + 1 + 4 * b, nil, 1) }
+      for _, B in ipairs(BATCHES) do vals[#vals + 1] = measure_decode(m, B, sync, c:rank() + 1 + 4 * b) end
+      blocks[b] = c:allreduce_table(vals, "max")
+      probes[b + 1] = probe()
+    end
+    local A = require "tide.cmd.args"
+    return A.json({ latency = lat, bw = bw, probes = probes, blocks = blocks })
   end, {}))
   if res[1] then print("EPRESULT " .. res[1]) end
   return 0
@@ -208,26 +214,37 @@ for preset in opts.presets:gmatch("[^,]+") do
   local wd = m.arch.lm_head.weight:dtype()
   local recipe = recipe_for(dir, wd, 1)
   local cs = cases()
-  -- per case: microbenchmarks at the shape classes and rows this case uses,
-  -- interleaved with the timed steps (one round before each step: a shared
-  -- machine's load drifts), medians of both; then the prediction
+  -- per case: microbenchmarks at the shape classes and rows this case uses
+  -- in 4 rounds, and between each two a block of timed steps (a shared
+  -- machine's load drifts: each block is predicted from the two rounds around
+  -- it); the case reports the block whose predicted / measured is the median
+  -- of the three
   for _, c in ipairs(cs) do
     local need = calib.needs(recipe, { c })
     local mo = { threads = threads, dtype = wd, reps = 1, quick = opts.quick, per_shape = true,
       mgrid = calib.bracket(need.ms), rpe = calib.bracket(need.rpe) }
-    log(string.format("%s %s: microbenchmarks (%d threads; rows %s), 2 rounds before and 2 after the steps", preset, c.name, threads,
-      table.concat(mo.mgrid, ",")))
+    log(string.format("%s %s: microbenchmarks (%d threads; rows %s), 4 rounds around 3 blocks of steps", preset, c.name,
+      threads, table.concat(mo.mgrid, ",")))
     mo.log = log
     local profs = { calib.measure(need, mo) }
     mo.log = nil
-    profs[2] = calib.measure(need, mo)
-    local meas = c.phase == "prefill" and measure_prefill(m, function() end, 0)
-      or measure_decode(m, c.batch, function() end, 0)
-    profs[3] = calib.measure(need, mo)
-    profs[4] = calib.measure(need, mo)
-    local hw = calib.profile(calib.median_merge(profs))
-    saved[preset .. "/single/" .. c.name] = hw
-    report(preset, "single", c, predict(recipe, hw, c), meas)
+    local blocks = {}
+    -- the first prefill at this size allocates and faults in its buffers: one untimed before the blocks
+    if c.phase == "prefill" then measure_prefill(m, function() end, 9, nil, 1) end
+    for b = 1, 3 do
+      local meas = c.phase == "prefill" and measure_prefill(m, function() end, b, nil, 1)
+        or measure_decode(m, c.batch, function() end, b)
+      profs[b + 1] = calib.measure(need, mo)
+      local hw = calib.profile(calib.median_merge({ profs[b], profs[b + 1] }))
+      local pred = predict(recipe, hw, c)
+      blocks[b] = { meas = meas, pred = pred, hw = hw, ratio = pred.step / meas }
+    end
+    table.sort(blocks, function(a, b) return a.ratio < b.ratio end)
+    log(string.format("%s %s: predicted / measured per block %.3f, %.3f, %.3f", preset, c.name, blocks[1].ratio,
+      blocks[2].ratio, blocks[3].ratio))
+    local mid = blocks[2]
+    saved[preset .. "/single/" .. c.name] = mid.hw
+    report(preset, "single", c, mid.pred, mid.meas)
   end
   if m.arch.layers[#m.arch.layers].moe then moe_dir = { dir = dir, wd = wd, preset = preset } end
   m:free()
@@ -271,16 +288,32 @@ if moe_dir and not opts["no-mpi"] and R > 1 and have_mpirun() then
   else
     local res = require("cjson").decode(js)
     log(string.format("all-to-all among %d ranks: latency %.1f us, %.2f GB/s per rank", R, res.latency * 1e6, res.bw / 1e9))
-    local over = { compute = res.probe_compute / pc_alone, stream = res.probe_stream / ps_alone }
-    log(string.format("oversubscription measured by the probe: compute x%.2f, streaming x%.2f (%d ranks / %d cores = %.2f;"
-      .. " the modelled streaming factor would be x%.2f)", over.compute, over.stream, R, cores, R / cores,
-      R / cores * bw1 / (bw_all / cores)))
-    local hw = calib.profile(prof, { ranks = R, cores = cores, a2a = { latency = res.latency, bw = res.bw },
-      bw1 = bw1, bw_all = bw_all, oversub = opts.modelled and nil or over })
-    saved[moe_dir.preset .. "/ep" .. R] = hw
-    for _, c in ipairs(cs) do
-      local meas = c.phase == "prefill" and res.prefill or res["b" .. c.batch]
-      report(moe_dir.preset, "ep" .. R .. "-mpi", c, predict(recipe, hw, c), meas)
+    -- block b of steps ran between probe rounds b and b + 1: its sharing factors are their mean over the
+    -- one-thread probe alone
+    local function over_of(b)
+      local p0, p1 = res.probes[b], res.probes[b + 1]
+      return { compute = (p0[1] + p1[1]) / 2 / pc_alone, stream = (p0[2] + p1[2]) / 2 / ps_alone }
+    end
+    for b = 1, 3 do
+      local o = over_of(b)
+      log(string.format("block %d: oversubscription measured by the probe: compute x%.2f, streaming x%.2f (%d ranks / %d"
+        .. " cores = %.2f; the modelled streaming factor would be x%.2f)", b, o.compute, o.stream, R, cores, R / cores,
+        R / cores * bw1 / (bw_all / cores)))
+    end
+    for ci, c in ipairs(cs) do
+      local blocks = {}
+      for b = 1, 3 do
+        local hw = calib.profile(prof, { ranks = R, cores = cores, a2a = { latency = res.latency, bw = res.bw },
+          bw1 = bw1, bw_all = bw_all, oversub = not opts.modelled and over_of(b) or nil })
+        local meas = res.blocks[b][ci]
+        local pred = predict(recipe, hw, c)
+        blocks[b] = { meas = meas, pred = pred, hw = hw, ratio = pred.step / meas }
+      end
+      table.sort(blocks, function(x, y) return x.ratio < y.ratio end)
+      log(string.format("%s ep%d %s: predicted / measured per block %.3f, %.3f, %.3f", moe_dir.preset, R, c.name,
+        blocks[1].ratio, blocks[2].ratio, blocks[3].ratio))
+      saved[moe_dir.preset .. "/ep" .. R .. "/" .. c.name] = blocks[2].hw
+      report(moe_dir.preset, "ep" .. R .. "-mpi", c, blocks[2].pred, blocks[2].meas)
     end
   end
 end
