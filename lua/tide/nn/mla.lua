@@ -225,11 +225,17 @@ function MLA:cost(rec, name, b, mode)
   rec:elt(name .. ".rope", n * (H + 1) * dr, 6)
   local row = kvl + dr
   if mode == "absorb" then
-    -- one grouped call each for W_uk and W_uv (all heads)
-    rec:gemm(name .. ".absorb_uk", n * H, kvl, dn, self.kv_b, H * dn * kvl).calls = 1
+    -- W_uk and W_uv: one call each (matmul_heads), which runs a GEMM of n rows per head through that
+    -- head's (kvl x dn) / (dv x kvl) slice: H GEMMs at m = n, not one at m = n H
+    local function per_head(op)
+      op.calls, op.m, op.flops = 1, n, op.flops * H
+      op.a_bytes = op.a_bytes * H
+      return op
+    end
+    per_head(rec:gemm(name .. ".absorb_uk", n, kvl, dn, self.kv_b, H * dn * kvl)).heads = H
     rec:attn(name .. ".core", { flops = 2 * n * b.ctx * H * (row + kvl), kv_read = b.seqs * b.kv * row,
       kv_write = n * row, act = n * H * (row + kvl), heads = H, qk_dim = row, v_dim = kvl, kv_row = row })
-    rec:gemm(name .. ".absorb_uv", n * H, dv, kvl, self.kv_b, H * dv * kvl).calls = 1
+    per_head(rec:gemm(name .. ".absorb_uv", n, dv, kvl, self.kv_b, H * dv * kvl)).heads = H
   else
     local rows = b.seqs * b.kv -- every cached row is decompressed
     rec:gemm(name .. ".kv_b", rows, H * (dn + dv), kvl)
