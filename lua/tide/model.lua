@@ -257,11 +257,7 @@ function Model:run_step(ctx, ids, seqs, counts, want, opts)
   local hn = arch.norm:forward(ws, "hn", rows)
   -- opts.reuse: logits in a workspace slot, valid until the next step (the generation loop)
   local logits = (opts and opts.reuse) and ws:get("logits", n, self.n_vocab) or T.zeros({ n, self.n_vocab })
-  if ws.numerics == "ggml" then
-    T.op.matmul_ggml(logits, hn, arch.lm_head.weight)
-  else
-    T.op.matmul(logits, hn, arch.lm_head.weight)
-  end
+  ws.op.matmul(logits, hn, arch.lm_head.weight)
   return logits, hn
 end
 

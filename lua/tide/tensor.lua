@@ -511,9 +511,15 @@ local function f32(x)
   return f32buf[0]
 end
 
--- numerics: nil / "tide", or "ggml" (the model's ops take llama.cpp's arithmetic; see tide.load)
+-- The op tables by numerics (filled below, once `op` is defined).
+local op_tables = {}
+
+-- numerics: nil / "tide", or "ggml" (the model's ops take llama.cpp's arithmetic; see tide.load).
+-- ws.op is the op table the modules call through: T.op, or for "ggml" T.op with matmul, rope,
+-- swiglu and attention taking their _ggml versions.
 local function workspace(numerics)
-  return setmetatable({ slots = {}, views = {}, numerics = numerics }, Workspace)
+  return setmetatable({ slots = {}, views = {}, numerics = numerics, op = op_tables[numerics or "tide"] },
+    Workspace)
 end
 
 local function ws_get(self, key, dt, d0, d1, d2, d3)
@@ -637,6 +643,15 @@ function op.attention_ggml(out, q, k, v, batch, s)
   ck(C.tide_op_attention_ggml(default_pool(), out._p, q._p, k._p, v._p, batch, s, err))
   return out
 end
+-- T.op with llama.cpp's arithmetic where ggml_order.c has it; looked up at call time, so a
+-- profiler's wrappers of T.op entries apply
+local op_ggml = setmetatable({
+  matmul = function(out, a, b) return op.matmul_ggml(out, a, b) end,
+  rope = function(x, pos, cfg) return op.rope_ggml(x, pos, cfg) end,
+  swiglu = function(out, g, u) return op.swiglu_ggml(out, g, u) end,
+  attention = function(out, q, k, v, batch, s) return op.attention_ggml(out, q, k, v, batch, s) end,
+}, { __index = op })
+op_tables.tide, op_tables.ggml = op, op_ggml
 
 -- Per-op timing: profile(true) wraps every entry of `op` with a wall-clock
 -- timer (CLOCK_MONOTONIC); profile_report() returns {name -> {calls, seconds}}

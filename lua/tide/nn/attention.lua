@@ -29,19 +29,13 @@ function Attention:forward(ctx, layer, x)
   local q = ws:view("attn.q3", self.q:forward(ws, "attn.q", x), 0, n, nh, hd)
   local k = ws:view("attn.k3", self.k:forward(ws, "attn.k", x), 0, n, nkv, hd)
   local v = ws:view("attn.v3", self.v:forward(ws, "attn.v", x), 0, n, nkv, hd)
-  local ggml = ws.numerics == "ggml"
-  local rope = ggml and T.op.rope_ggml or T.op.rope
-  rope(q, ctx.pos, self.rope)
-  rope(k, ctx.pos, self.rope)
+  ws.op.rope(q, ctx.pos, self.rope)
+  ws.op.rope(k, ctx.pos, self.rope)
   local kc, vc = ctx.kv.k[layer], ctx.kv.v[layer]
   T.op.kv_store(kc, k, ctx.batch)
   T.op.kv_store(vc, v, ctx.batch)
   local o = ws:get("attn.o", n, nh, hd)
-  if ggml then
-    T.op.attention_ggml(o, q, kc, vc, ctx.batch, self.scale)
-  else
-    T.op.attention(o, q, kc, vc, ctx.batch, self.scale)
-  end
+  ws.op.attention(o, q, kc, vc, ctx.batch, self.scale)
   return self.o:forward(ws, "attn.out", ws:view("attn.o2", o, 0, n, nh * hd))
 end
 

@@ -13,11 +13,7 @@ end
 -- out: a workspace tensor named key (or the given out tensor).
 function Linear:forward(ws, key, x, out)
   out = out or ws:get(key, tonumber(x._p.shape[0]), self.out_features)
-  if ws.numerics == "ggml" then
-    T.op.matmul_ggml(out, x, self.weight)
-  else
-    T.op.matmul(out, x, self.weight)
-  end
+  ws.op.matmul(out, x, self.weight)
   return out
 end
 

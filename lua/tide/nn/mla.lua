@@ -104,13 +104,12 @@ function MLA:forward(ctx, layer, x)
     q = self.q_proj:forward(ws, "mla.q", x)
   end
   local q_pe = ws:view("mla.qpe", q, dn, n, H, dr, nil, H * dq, dq, 1)
-  local rope = ws.numerics == "ggml" and T.op.rope_ggml or T.op.rope
-  rope(q_pe, ctx.pos, self.rope)
+  ws.op.rope(q_pe, ctx.pos, self.rope)
   -- the latent row of each new token, into the cache
   local kva = self.kv_a:forward(ws, "mla.kva", x) -- (n, kvl + dr)
   local lat = self.kv_norm:forward(ws, "mla.lat", ws:view("mla.latin", kva, 0, n, kvl, nil, nil, kvl + dr, 1))
   local k_pe = ws:view("mla.kpe", kva, kvl, n, 1, dr, nil, kvl + dr, dr, 1)
-  rope(k_pe, ctx.pos, self.rope)
+  ws.op.rope(k_pe, ctx.pos, self.rope)
   local cv = cache_views(ctx.kv, layer, kvl, dr)
   T.op.kv_store(cv.lat, ws:view("mla.lat3", lat, 0, n, 1, kvl), ctx.batch)
   T.op.kv_store(cv.pe, k_pe, ctx.batch)
@@ -176,9 +175,7 @@ function MLA:attend_naive(ctx, cv, q, n)
   T.op.get_rows(rows, cv.flat, ids)
   -- decompress: (R, H * (dn + dv))
   local kvd = ws:get("mla.kvd", R, H * per)
-  local ggml = ws.numerics == "ggml"
-  local rlat = ws:view("mla.rlat", rows, 0, R, kvl, nil, nil, D, 1)
-  if ggml then T.op.matmul_ggml(kvd, rlat, self.kv_b.weight) else T.op.matmul(kvd, rlat, self.kv_b.weight) end
+  ws.op.matmul(kvd, ws:view("mla.rlat", rows, 0, R, kvl, nil, nil, D, 1), self.kv_b.weight)
   -- K (ns, Lmax, H, dn + dr) = [k_nope | k_pe broadcast over heads]
   local K = ws:get("mla.K", ns, Lmax, H, dq)
   T.op.convert(ws:view("mla.Kn", K, 0, R, H, dn, nil, H * dq, dq, 1), ws:view("mla.kvn", kvd, 0, R, H, dn, nil, H * per, per, 1))
@@ -197,8 +194,7 @@ function MLA:attend_naive(ctx, cv, q, n)
   tb.n_tok, tb.n_seq, tb.max_blocks, tb.block_size = b.n_tok, ns, 1, Lmax
   tb.tok_seq, tb.tok_pos, tb.block_table = b.tok_seq, b.tok_pos, ttp
   local o = ws:get("mla.o", n, H, dv)
-  local attention = ggml and T.op.attention_ggml or T.op.attention
-  attention(o, ws:view("mla.q3", q, 0, n, H, dq), K, V, tb, self.scale)
+  ws.op.attention(o, ws:view("mla.q3", q, 0, n, H, dq), K, V, tb, self.scale)
   return ws:view("mla.o2", o, 0, n, H * dv)
 end
 

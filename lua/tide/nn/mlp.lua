@@ -19,7 +19,7 @@ function MLP:forward(ws, key, x, out)
   end
   local g = self.gate:forward(ws, k[1], x)
   local u = self.up:forward(ws, k[2], x)
-  if ws.numerics == "ggml" then T.op.swiglu_ggml(g, g, u) else T.op.swiglu(g, g, u) end
+  ws.op.swiglu(g, g, u)
   return self.down:forward(ws, key, g, out)
 end
 

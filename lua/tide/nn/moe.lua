@@ -205,7 +205,7 @@ function MoE:forward_ggml(ctx, x, key)
   local ws, n = ctx.ws, tonumber(x._p.shape[0])
   local E, K, dim = self.n_expert, self.top_k, self.dim
   local logits = ws:get("moe.logits", n, E)
-  T.op.matmul_ggml(logits, x, self.gate)
+  ws.op.matmul(logits, x, self.gate)
   local lp = ffi.cast("float*", logits._p.data)
   for i = 0, n * E - 1 do lp[i] = T.f32(1.0 / T.f32(1.0 + ffi.C.expf(-lp[i]))) end -- its sigmoid, libm's expf
   local sel = ffi.new("int32_t[?]", n * K)

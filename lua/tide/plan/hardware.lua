@@ -120,7 +120,7 @@ function M.stream_share(o, sum_t, sum_tb)
   return rho
 end
 
-function M.cpu_op_time(hw, op, wd)
+function M.cpu_op_time(hw, op, wd, alone)
   local cpu = hw.cpu
   local t, bound, info
   local dt = cpu.gemm[wd] and wd or next(cpu.gemm)
@@ -167,7 +167,7 @@ function M.cpu_op_time(hw, op, wd)
     bound, info = "memory", { formula = string.format("%.2f us + %.3g B / %.1f GB/s", cpu.op_overhead * 1e6, bytes,
       cpu.elt_bw / 1e9), flops = op.flops, bytes = bytes }
   end
-  local R, c = cpu.ranks or 1, cpu.cores or 1
+  local R, c = alone and 1 or cpu.ranks or 1, cpu.cores or 1
   if cpu.oversub and R > 1 then
     -- measured: an op's time alone splits into what its weight bytes take at
     -- one thread's streaming rate (tb = w_bytes / bw1, at most t) and the
@@ -198,8 +198,9 @@ end
 -- Roofline time of op (from tide.plan.cost) on hw with GEMM weights in wd:
 -- t = max(flops / (peak * eff), bytes / (bw * eff_mem)); returns t, bound,
 -- and the inputs used (for --explain).
-function M.op_time(hw, op, wd)
-  if hw.cpu then return M.cpu_op_time(hw, op, wd) end
+-- alone (calibrated CPU profiles): one rank's time without the sharing of cores.
+function M.op_time(hw, op, wd, alone)
+  if hw.cpu then return M.cpu_op_time(hw, op, wd, alone) end
   local rate, used, peak, eff
   if op.kind == "gemm" then
     rate, used, peak, eff = M.gemm_rate(hw, wd)

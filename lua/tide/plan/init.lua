@@ -265,15 +265,12 @@ function M.phase(ctx, phase, batch)
   if over then
     over.rho = nil
     local st, stb = 0, 0
-    local R0 = hw.cpu.ranks
-    hw.cpu.ranks = 1
     for _, op in ipairs(rec.ops) do
       if op.kind ~= "comm" then
-        local t = hwmod.op_time(hw, op, s.wdtype)
+        local t = hwmod.op_time(hw, op, s.wdtype, true)
         st, stb = st + t, stb + hwmod.cpu_stream_part(hw.cpu, op, t)
       end
     end
-    hw.cpu.ranks = R0
     over.rho = hwmod.stream_share(over, st, stb)
   end
   -- time each op; tensor parallelism splits the non-expert work tp ways and
