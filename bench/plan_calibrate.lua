@@ -5,11 +5,12 @@
 --      at the shape classes the model's cost walk asks for (tide.plan.calib:
 --      GEMM rate by weight shape at the rows it runs at, grouped experts per
 --      hit, attention per call + rate, op call overhead, streaming bandwidth),
---      in four rounds, with a block of timed steps between each two (the box
+--      in NB + 1 rounds (--blocks NB, default 5), with a block of timed steps
+--      between each two (the box
 --      is shared and its load drifts, and a burst of load spoils a round or a
 --      block): each block is predicted by tide.plan from the profile of the
 --      two rounds around it, and the case reports the block whose
---      predicted / measured is the median of the three (an untimed prefill
+--      predicted / measured is the median of the NB (an untimed prefill
 --      first: the first at a size faults in its buffers). The steps run back
 --      to back after two untimed ones: a step right after a microbenchmark
 --      round (~100 MB of weights cycled through) measured 1.2-3x its steady
@@ -17,10 +18,10 @@
 --   2. dsv3-moe-1b under MPI, R ranks of EP (mpirun --oversubscribe, one thread
 --      per rank, DP-attention: each rank steps its own batch): one-thread
 --      microbenchmarks here before and after the job; inside the job the
---      all-to-all latency and bandwidth, and four rounds of an
+--      all-to-all latency and bandwidth, and NB + 1 rounds of an
 --      oversubscription probe (the same fixed GEMM / streaming work alone vs
 --      in all ranks at once; --modelled uses R / cores and the bandwidth model
---      instead) around three blocks of the same steps per rank; each block
+--      instead) around NB blocks of the same steps per rank; each block
 --      is predicted with the probe rounds around it, and the median block
 --      reported, as in 1.
 -- Step times are never used to set the profile. Prints one JSON line per case
@@ -28,19 +29,20 @@
 --
 --   tide run bench/plan_calibrate.lua [--presets llama-1b,dsv3-moe-1b] [--ranks 4] [--no-mpi]
 --        [--prefill 512] [--batches 1,8,32] [--reps 3] [--dir /tmp] [--threads N] [--save FILE]
---        [--explain] [--modelled] [--quick]
-local opts = { presets = "llama-1b,dsv3-moe-1b", ranks = 4, prefill = 512, batches = "1,8,32", reps = 3,
-  dir = "/tmp", threads = 0, worker = nil, ["no-mpi"] = false, quick = false, save = nil, explain = false, modelled = false }
+--        [--explain] [--modelled] [--quick] [--blocks 5]
+local opts = { presets = "llama-1b,dsv3-moe-1b", ranks = 4, prefill = 512, batches = "1,8,32", reps = 3, blocks = 5,
+  dir = "/tmp", threads = 0, worker = nil, shadow = nil, ["no-mpi"] = false, quick = false, save = nil, explain = false, modelled = false }
 do
   local i = 1
   while arg and arg[i] do
     local k = arg[i]:gsub("^%-%-", "")
     if opts[k] == false then opts[k] = true; i = i + 1
-    elseif opts[k] ~= nil or k == "worker" or k == "save" then opts[k] = arg[i + 1]; i = i + 2
+    elseif opts[k] ~= nil or k == "worker" or k == "save" or k == "shadow" then opts[k] = arg[i + 1]; i = i + 2
     else error("plan_calibrate: unknown option " .. arg[i]) end
   end
 end
-local P, REPS = tonumber(opts.prefill), tonumber(opts.reps)
+local P, REPS, NB = tonumber(opts.prefill), tonumber(opts.reps), tonumber(opts.blocks)
+assert(NB and NB >= 1 and NB % 2 == 1, "plan_calibrate: --blocks must be odd (the median block is reported)")
 local BATCHES = {}
 for b in tostring(opts.batches):gmatch("%d+") do BATCHES[#BATCHES + 1] = tonumber(b) end
 
@@ -105,6 +107,39 @@ local function measure_decode(m, B, sync, salt, between)
   return median(dt)
 end
 
+-- The engine's own work between kernels in a step of case c, measured on the
+-- model's shadow sm (tide.plan.calib.host_time: same structure, widths of a
+-- few elements, each kernel call preceded by a cache-evicting write)
+local function shadow_host(sm, c, sync, salt)
+  local kv = sm:kv_cache()
+  local n = 15
+  if c.phase == "prefill" then
+    local s
+    return calib.host_time(function(i)
+      local toks = {}
+      for j = 1, P do toks[j] = (j * 37 + salt * 7919 + i) % 8000 + 3 end
+      assert(sm:step({ s }, { toks }, "last"))
+    end, 5, { sync = sync, prep = function() s = assert(kv:seq_new()) end, done = function() kv:seq_free(s) end })
+  end
+  local seqs, toks = {}, {}
+  for i = 1, c.batch do
+    seqs[i] = assert(kv:seq_new())
+    local p = {}
+    for j = 1, PROMPT do p[j] = (i * 131 + j * 17 + salt * 7919) % 8000 + 3 end
+    toks[i] = p
+  end
+  assert(sm:step(seqs, toks, "last"))
+  local function one(r)
+    local t = {}
+    for i = 1, c.batch do t[i] = { (i * 29 + r * 7 + salt) % 8000 + 3 } end
+    assert(sm:step(seqs, t, "last"))
+  end
+  one(0)
+  local h = calib.host_time(one, n, { sync = sync })
+  for i = 1, c.batch do kv:seq_free(seqs[i]) end
+  return h
+end
+
 local function load(dir, kvseqs)
   local tide = require "tide"
   return assert(tide.load(dir, { kv = { seqs = kvseqs }, max_ctx = math.max(P, PROMPT + 3 * REPS + 4) + 16 }))
@@ -147,18 +182,29 @@ if opts.worker then
     local lat = t_small
     local bw = big * (n - 1) / math.max(t_big - t_small, 1e-9)
     local sync = function() c:barrier() end
-    -- four probe rounds around three blocks of steps (as the single-process cases); the step of the
+    -- NB + 1 probe rounds around NB blocks of steps (as the single-process cases); the step of the
     -- job is the slowest rank's
     measure_prefill(m, sync, c:rank() + 11, nil, 1) -- untimed: faults in the prefill buffers
     local probes, blocks = { probe() }, {}
-    for b = 1, 3 do
+    for b = 1, NB do
       local vals = { measure_prefill(m, sync, c:rank() + 1 + 4 * b, nil, 1) }
       for _, B in ipairs(BATCHES) do vals[#vals + 1] = measure_decode(m, B, sync, c:rank() + 1 + 4 * b) end
       blocks[b] = c:allreduce_table(vals, "max")
       probes[b + 1] = probe()
     end
+    -- the engine's own work between kernels, on the shadow (EP applied the same way), per case; rank mean
+    local hosts = {}
+    if opts.shadow then
+      local sm = load(opts.shadow, math.max(BATCHES[#BATCHES], 1) + 2)
+      assert(ep.apply(sm, c, {}))
+      hosts[1] = shadow_host(sm, { phase = "prefill" }, sync, c:rank() + 3)
+      for _, B in ipairs(BATCHES) do hosts[#hosts + 1] = shadow_host(sm, { phase = "decode", batch = B }, sync, c:rank() + 5) end
+      hosts = c:allreduce_table(hosts, "sum")
+      for i = 1, #hosts do hosts[i] = hosts[i] / n end
+      sm:free()
+    end
     local A = require "tide.cmd.args"
-    return A.json({ latency = lat, bw = bw, probes = probes, blocks = blocks })
+    return A.json({ latency = lat, bw = bw, probes = probes, blocks = blocks, hosts = hosts })
   end, {}))
   if res[1] then print("EPRESULT " .. res[1]) end
   return 0
@@ -193,6 +239,13 @@ local function predict(recipe, hw, c)
   return r[c.phase]
 end
 
+-- "pred/meas=ratio" per block, in the order given
+local function block_list(blocks)
+  local t = {}
+  for _, b in ipairs(blocks) do t[#t + 1] = string.format("%.1f/%.1f=%.3f", b.pred.step * 1e3, b.meas * 1e3, b.ratio) end
+  return table.concat(t, "  ")
+end
+
 local saved = {}
 local function report(preset, mode, c, pred, meas)
   if opts.explain then print(require("tide.cmd.plan").explain(pred)) end
@@ -214,6 +267,8 @@ for preset in opts.presets:gmatch("[^,]+") do
   local wd = m.arch.lm_head.weight:dtype()
   local recipe = recipe_for(dir, wd, 1)
   local cs = cases()
+  local sdir = assert(calib.shadow_dir(dir, dir .. "-shadow"))
+  local sm = load(sdir, math.max(BATCHES[#BATCHES], 1) + 2)
   -- per case: microbenchmarks at the shape classes and rows this case uses
   -- in 4 rounds, and between each two a block of timed steps (a shared
   -- machine's load drifts: each block is predicted from the two rounds around
@@ -223,31 +278,33 @@ for preset in opts.presets:gmatch("[^,]+") do
     local need = calib.needs(recipe, { c })
     local mo = { threads = threads, dtype = wd, reps = 1, quick = opts.quick, per_shape = true,
       mgrid = calib.bracket(need.ms), rpe = calib.bracket(need.rpe) }
-    log(string.format("%s %s: microbenchmarks (%d threads; rows %s), 4 rounds around 3 blocks of steps", preset, c.name,
-      threads, table.concat(mo.mgrid, ",")))
+    log(string.format("%s %s: microbenchmarks (%d threads; rows %s), %d rounds around %d blocks of steps", preset, c.name,
+      threads, table.concat(mo.mgrid, ","), NB + 1, NB))
     mo.log = log
     local profs = { calib.measure(need, mo) }
     mo.log = nil
     local blocks = {}
+    local host = shadow_host(sm, c, function() end, 3)
+    log(string.format("%s %s: engine work between kernels on the shadow %.3f ms per step", preset, c.name, host * 1e3))
     -- the first prefill at this size allocates and faults in its buffers: one untimed before the blocks
     if c.phase == "prefill" then measure_prefill(m, function() end, 9, nil, 1) end
-    for b = 1, 3 do
+    for b = 1, NB do
       local meas = c.phase == "prefill" and measure_prefill(m, function() end, b, nil, 1)
         or measure_decode(m, c.batch, function() end, b)
       profs[b + 1] = calib.measure(need, mo)
-      local hw = calib.profile(calib.median_merge({ profs[b], profs[b + 1] }))
+      local hw = calib.profile(calib.median_merge({ profs[b], profs[b + 1] }), { host_step = host })
       local pred = predict(recipe, hw, c)
       blocks[b] = { meas = meas, pred = pred, hw = hw, ratio = pred.step / meas }
     end
     table.sort(blocks, function(a, b) return a.ratio < b.ratio end)
-    log(string.format("%s %s: predicted / measured per block %.3f, %.3f, %.3f", preset, c.name, blocks[1].ratio,
-      blocks[2].ratio, blocks[3].ratio))
-    local mid = blocks[2]
+    log(string.format("%s %s: predicted / measured ms per block (sorted by ratio) %s", preset, c.name, block_list(blocks)))
+    local mid = blocks[(NB + 1) / 2]
     saved[preset .. "/single/" .. c.name] = mid.hw
     report(preset, "single", c, mid.pred, mid.meas)
   end
-  if m.arch.layers[#m.arch.layers].moe then moe_dir = { dir = dir, wd = wd, preset = preset } end
+  if m.arch.layers[#m.arch.layers].moe then moe_dir = { dir = dir, wd = wd, preset = preset, shadow = sdir } end
   m:free()
+  sm:free()
   collectgarbage()
 end
 
@@ -268,8 +325,8 @@ if moe_dir and not opts["no-mpi"] and R > 1 and have_mpirun() then
   log(string.format("matvec stream: 1 thread %.1f GB/s, %d threads %.1f GB/s", bw1 / 1e9, cores, bw_all / 1e9))
   local exe = arg[-1] or "tide"
   local cmd = string.format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np %d %s run %s"
-    .. " --worker %s --prefill %d --batches %s --reps %d 2>&1", R, exe, arg[0] or "bench/plan_calibrate.lua",
-    moe_dir.dir, P, opts.batches, REPS)
+    .. " --worker %s --shadow %s --prefill %d --batches %s --reps %d --blocks %d 2>&1", R, exe,
+    arg[0] or "bench/plan_calibrate.lua", moe_dir.dir, moe_dir.shadow, P, opts.batches, REPS, NB)
   log("running: " .. cmd)
   local p = io.popen(cmd)
   local outp = p:read("*a")
@@ -294,26 +351,29 @@ if moe_dir and not opts["no-mpi"] and R > 1 and have_mpirun() then
       local p0, p1 = res.probes[b], res.probes[b + 1]
       return { compute = (p0[1] + p1[1]) / 2 / pc_alone, stream = (p0[2] + p1[2]) / 2 / ps_alone }
     end
-    for b = 1, 3 do
+    for b = 1, NB do
       local o = over_of(b)
       log(string.format("block %d: oversubscription measured by the probe: compute x%.2f, streaming x%.2f (%d ranks / %d"
         .. " cores = %.2f; the modelled streaming factor would be x%.2f)", b, o.compute, o.stream, R, cores, R / cores,
         R / cores * bw1 / (bw_all / cores)))
     end
     for ci, c in ipairs(cs) do
+      log(string.format("%s ep%d %s: engine work between kernels on the shadow %.3f ms per step (rank mean)",
+        moe_dir.preset, R, c.name, (res.hosts[ci] or 0) * 1e3))
       local blocks = {}
-      for b = 1, 3 do
+      for b = 1, NB do
         local hw = calib.profile(prof, { ranks = R, cores = cores, a2a = { latency = res.latency, bw = res.bw },
-          bw1 = bw1, bw_all = bw_all, oversub = not opts.modelled and over_of(b) or nil })
+          bw1 = bw1, bw_all = bw_all, oversub = not opts.modelled and over_of(b) or nil, host_step = res.hosts[ci] })
         local meas = res.blocks[b][ci]
         local pred = predict(recipe, hw, c)
         blocks[b] = { meas = meas, pred = pred, hw = hw, ratio = pred.step / meas }
       end
       table.sort(blocks, function(x, y) return x.ratio < y.ratio end)
-      log(string.format("%s ep%d %s: predicted / measured per block %.3f, %.3f, %.3f", moe_dir.preset, R, c.name,
-        blocks[1].ratio, blocks[2].ratio, blocks[3].ratio))
-      saved[moe_dir.preset .. "/ep" .. R .. "/" .. c.name] = blocks[2].hw
-      report(moe_dir.preset, "ep" .. R .. "-mpi", c, blocks[2].pred, blocks[2].meas)
+      log(string.format("%s ep%d %s: predicted / measured ms per block (sorted by ratio) %s", moe_dir.preset, R, c.name,
+        block_list(blocks)))
+      local mid = blocks[(NB + 1) / 2]
+      saved[moe_dir.preset .. "/ep" .. R .. "/" .. c.name] = mid.hw
+      report(moe_dir.preset, "ep" .. R .. "-mpi", c, mid.pred, mid.meas)
     end
   end
 end

@@ -214,6 +214,97 @@ function T.cli_plan_and_slo()
   H.truthy(out:match("decode on h100") and out:match("attn%.core") and out:match("bound"), "plan --explain output")
 end
 
+-- the throughput / latency curve: more sequences per device buy throughput and cost latency
+function T.curve_trades_latency_for_throughput()
+  local r = assert(plan.load_recipe("recipes/plans/deepseek-v3-day6-decode.lua"))
+  local pts = plan.curve(r, { hardware = "h800" }, "decode")
+  H.truthy(#pts >= 6, "batches 1, 2, 4, ... while memory fits: " .. #pts)
+  for i = 2, #pts do
+    H.eq(pts[i].batch, 2 * pts[i - 1].batch, "doubling batches")
+    H.truthy(pts[i].latency > pts[i - 1].latency, "TPOT grows at batch " .. pts[i].batch)
+    H.truthy(pts[i].per_node > pts[i - 1].per_node, "throughput grows at batch " .. pts[i].batch)
+  end
+  local last = pts[#pts].result
+  H.truthy(last.memory.total <= last.memory.capacity * 0.9, "the last point fits memory")
+  -- one doubling more would not: the curve stops where the memory does
+  local x = assert(plan.evaluate(r, { hardware = "h800", phase = "decode", batch = 2 * pts[#pts].batch })).decode
+  H.truthy(x.memory.total > x.memory.capacity * 0.9, "the next batch does not fit")
+end
+
+-- an arrival rate: prefill waits in an M/D/1 queue of batches, decode runs at Little's batch
+function T.queueing_at_an_arrival_rate()
+  local rp = assert(plan.load_recipe("recipes/plans/deepseek-v3-day6-prefill.lua"))
+  local bo = assert(plan.evaluate(rp, { hardware = "h800", phase = "prefill" }))
+  local base, w = bo.prefill, bo.workload
+  local D = bo.nodes * 8
+  -- half the pool's token rate: rho = 0.5, wait = 0.5 s / (2 x 0.5) = s / 2
+  local lam = 0.5 * base.in_tok_s * D / w.input.mean
+  local x = assert(plan.evaluate(rp, { hardware = "h800", phase = "prefill", arrival = lam })).prefill
+  H.near(x.queue.utilization, 0.5, 1e-12, "utilization")
+  H.near(x.ttft, 1.5 * base.step, 1e-9, "TTFT = step + M/D/1 wait")
+  H.near(x.in_tok_s, base.in_tok_s, 1e-9, "the batch's rate is unchanged")
+  local over = assert(plan.evaluate(rp, { hardware = "h800", phase = "prefill", arrival = 2 * lam / 0.5 })).prefill
+  H.truthy(over.queue.overloaded and not over.slo_ok and over.ttft == math.huge, "rho >= 1 overloads the pool")
+  -- decode: sequences in flight per device = arrival x output x TPOT / D at the batch the step runs
+  local rd = assert(plan.load_recipe("recipes/plans/deepseek-v3-day6-decode.lua"))
+  local full = assert(plan.evaluate(rd, { hardware = "h800", phase = "decode" }))
+  local Dd, wd = full.nodes * 8, full.workload
+  local lam_d = 0.3 * full.decode.out_tok_s * Dd / wd.output.mean
+  local o = assert(plan.evaluate(rd, { hardware = "h800", phase = "decode", arrival = lam_d }))
+  local d = o.decode
+  H.near(d.batch, lam_d * wd.output.mean / Dd * d.tpot, 1e-6 * d.batch, "Little's law at the batch that runs")
+  H.truthy(d.batch < full.decode.batch and d.tpot < full.decode.tpot, "a lighter load runs a smaller, faster batch")
+  H.near(d.per_node.output_tok_s * o.nodes, lam_d * wd.output.mean, 1e-6 * lam_d * wd.output.mean,
+    "the nodes deliver what arrives")
+  H.eq(d.queue.capacity.batch, full.decode.batch, "the capacity is kept")
+  local heavy = assert(plan.evaluate(rd, { hardware = "h800", phase = "decode", arrival = 2 * lam_d / 0.3 })).decode
+  H.truthy(heavy.queue.overloaded and not heavy.slo_ok, "more than the full batch can serve overloads decode")
+end
+
+function T.plot_svg_and_text()
+  local plot = require "tide.plan.plot"
+  local fig = { title = "t <&>", xlabel = "x", ylabel = "y",
+    series = { { label = "a", points = { { x = 1, y = 10, tag = "p1" }, { x = 2, y = 30, tag = "p2" }, { x = 4, y = 40 } } } },
+    vline = { x = 3, label = "SLO" }, mark = { x = 2, y = 30, label = "plan" } }
+  local svg = plot.svg(fig)
+  H.truthy(svg:match("^<svg ") and svg:match("</svg>\n$"), "an SVG document")
+  local _, circles = svg:gsub("<circle ", "")
+  H.eq(circles, 4, "one circle per point and one for the plan's mark")
+  H.truthy(svg:find("t &lt;&amp;&gt;", 1, true), "text escaped")
+  H.truthy(svg:find("stroke-dasharray", 1, true), "the SLO line")
+  local page = plot.page({ fig, fig })
+  local _, inner = page:gsub("<svg ", "")
+  H.eq(inner, 3, "a page of two figures")
+  local lines = plot.text(fig, 40, 10)
+  H.eq(#lines, 1 + 10 + 4, "title, 10 rows, axis, x range, labels, key")
+  local grid = table.concat(lines, "\n", 2, 11)
+  H.truthy(grid:find("@", 1, true) and grid:find("|", 1, true) and grid:find("a", 1, true), "points, mark and SLO drawn")
+  -- the highest point is on the top row's side of the grid, the origin row is empty of it
+  local x0, x1, y0, y1 = plot.bounds(fig)
+  H.truthy(x0 >= 0 and x0 < 1 and x1 > 4 and y0 == 0 and y1 > 40, "bounds cover every point")
+  local t = plot.ticks(0, 43, 6)
+  H.eq(t[1], 0, "ticks start at a round value")
+  H.eq(t[2] - t[1], 10, "a round step")
+end
+
+function T.cli_plan_plot()
+  local prog = H.q(require("tide.cli").progname)
+  local out = H.sh(prog .. " plan recipes/plans/deepseek-v3-day6-decode.lua --hardware h800 --slo speed=20 --plot -")
+  H.truthy(out:find("decode on h800", 1, true) and out:find("TPOT (ms per output token)", 1, true)
+    and out:find("@ plan", 1, true) and out:find("SLO 50 ms", 1, true), "a text plot after the table")
+  local f = os.tmpname() .. ".svg"
+  H.sh(prog .. " plan recipes/plans/deepseek-v3-day6-prefill.lua --hardware h800 --plot " .. H.q(f) .. " 2>&1")
+  local fh = assert(io.open(f))
+  local svg = fh:read("*a")
+  fh:close()
+  os.remove(f)
+  H.truthy(svg:match("^<svg ") and svg:find("TTFT", 1, true) and svg:find("plan: 16384", 1, true), "an SVG of the prefill curve")
+  -- --search plots every candidate
+  out = H.sh(prog .. " plan recipes/plans/deepseek-v3-day6-decode.lua --hardware h800 --nodes 18 --search --slo speed=20 --plot -")
+  H.truthy(out:find("search: decode candidates", 1, true) and out:find("search: prefill candidates", 1, true)
+    and out:find("@ best: EP", 1, true) and out:find("f fp8 weights", 1, true), "a text plot of the search")
+end
+
 -- ---- calibrated CPU profiles (acceptance 1) ------------------------------------------
 
 function T.calib_needs_collects_the_models_shape_classes()
@@ -325,14 +416,19 @@ function T.cpu_profile_times_ops_from_measured_tables()
   H.truthy(rho > 0.5 and rho < 2 / 3, "streaming stretches more than compute: " .. rho)
 end
 
+-- measured tables for a step of models/dsv3-tiny (one GEMM class, one attention class)
+local function small_prof()
+  return { threads = 1, dtype = "bf16", op_overhead = 1e-6, elt_bw = 10e9, bw = 10e9,
+    gemm = { bf16 = { ["64 x 64"] = { [1] = 1e9, [64] = 20e9 } } }, experts = { bf16 = {} },
+    attn = { ["1/1/8/8"] = { per_call = 1e-6, rate = 1e9, rate_decode = 1e9 } } }
+end
+
 function T.cpu_profile_plans_a_model_step()
   -- every op of a real model walk gets a finite positive time on a calibrated profile
   local calib = require "tide.plan.calib"
   local r = { model = "models/dsv3-tiny", mla = "auto", prefill_mla = "auto",
     quant = { weights = "bf16", kv = "f32", act = "f32", dispatch = "f32", combine = "f32" }, parallel = { ep = 4 } }
-  local prof = { threads = 1, dtype = "bf16", op_overhead = 1e-6, elt_bw = 10e9, bw = 10e9,
-    gemm = { bf16 = { ["64 x 64"] = { [1] = 1e9, [64] = 20e9 } } }, experts = { bf16 = {} },
-    attn = { ["1/1/8/8"] = { per_call = 1e-6, rate = 1e9, rate_decode = 1e9 } } }
+  local prof = small_prof()
   local hw = calib.profile(prof, { ranks = 4, cores = 2, a2a = { latency = 50e-6, bw = 1e9 }, bw1 = 10e9, bw_all = 15e9 })
   local x = assert(plan.evaluate(r, { hardware = hw, phase = "decode", batch = 4,
     workload = { input = { mean = 32, cv = 0 }, output = { mean = 1, cv = 0 } } })).decode
@@ -347,6 +443,91 @@ function T.cpu_profile_plans_a_model_step()
     end
   end
   H.truthy(links > 0, "EP exchanges are link-bound ops")
+end
+
+-- the engine's work between kernels (measured on the shadow) adds to the step as it is
+function T.cpu_profile_adds_host_work_per_step()
+  local calib = require "tide.plan.calib"
+  local r = { model = "models/dsv3-tiny", mla = "auto", prefill_mla = "auto",
+    quant = { weights = "bf16", kv = "f32", act = "f32", dispatch = "f32", combine = "f32" }, parallel = { ep = 1 } }
+  local prof = small_prof()
+  local q = { hardware = nil, phase = "decode", batch = 4, workload = { input = { mean = 32, cv = 0 }, output = { mean = 1, cv = 0 } } }
+  q.hardware = calib.profile(prof)
+  local a = assert(plan.evaluate(r, q)).decode
+  q.hardware = calib.profile(prof, { host_step = 3e-3 })
+  local bo = assert(plan.evaluate(r, q))
+  local b = bo.decode
+  H.eq(a.split.host, 0, "no host term without a measurement")
+  H.near(b.split.host, 3e-3, 1e-15, "the measured host work")
+  H.near(b.step - a.step, 3e-3, 1e-12, "added to the step once")
+  H.truthy(require("tide.cmd.plan").report(bo, "decode", b):find("host: engine work between kernels", 1, true),
+    "the report shows it")
+end
+
+-- the shadow keeps the structure the engine's Lua loops over and shrinks every width
+function T.shadow_keeps_structure_and_walk()
+  local calib = require "tide.plan.calib"
+  local config = require "tide.config"
+  for _, dir in ipairs({ "models/dsv3-tiny", "models/llama-tiny" }) do
+    local cfg = assert(config.load(dir .. "/config.json"))
+    local p = calib.shadow_preset(cfg)
+    for _, k in ipairs({ "num_hidden_layers", "num_attention_heads", "vocab_size", "n_routed_experts",
+      "num_experts_per_tok", "n_shared_experts", "first_k_dense_replace", "n_group", "topk_group" }) do
+      H.eq(p[k], cfg[k], dir .. " keeps " .. k)
+    end
+    H.eq(p.num_key_value_heads, cfg.num_key_value_heads or cfg.num_attention_heads, dir .. " keeps KV heads")
+    H.truthy(p.hidden_size < cfg.hidden_size and p.intermediate_size < cfg.intermediate_size, dir .. " shrinks widths")
+    local out = os.tmpname()
+    os.remove(out)
+    local sd = assert(calib.shadow_dir(dir, out))
+    -- the planner's walk makes the same kernel calls on both, in every phase and batch
+    for _, c in ipairs({ { "prefill", 16 }, { "decode", 1 }, { "decode", 8 } }) do
+      local function ops(d)
+        local rr = { model = d, mla = "auto", prefill_mla = "auto",
+          quant = { weights = "bf16", kv = "f32", act = "f32", dispatch = "f32", combine = "f32" }, parallel = { ep = 1 } }
+        local x = assert(plan.evaluate(rr, { hardware = calib.placeholder(), phase = c[1], batch = c[2],
+          workload = { input = { mean = 16, cv = 0 }, output = { mean = 1, cv = 0 } } }))[c[1]]
+        return calib.op_count(x)
+      end
+      H.eq(ops(sd), ops(dir), dir .. " " .. c[1] .. " " .. c[2] .. ": same kernel calls")
+    end
+    -- and the engine makes the same calls too (tide.profile counts them)
+    local tide = require "tide"
+    local function calls(d)
+      local m = assert(tide.load(d, { kv = { seqs = 4 }, max_ctx = 64 }))
+      local kv = m:kv_cache()
+      local s = { kv:seq_new(), kv:seq_new() }
+      assert(m:step(s, { { 5, 6, 7 }, { 8, 9 } }, "last"))
+      local _, n = calib.host_time(function(i) assert(m:step(s, { { 10 + i }, { 20 + i } }, "last")) end, 2,
+        { evict_bytes = 0 })
+      m:free()
+      return n
+    end
+    H.eq(calls(sd), calls(dir), dir .. ": the engine's kernel calls per decode step")
+    os.execute("rm -rf '" .. out .. "'")
+  end
+end
+
+-- host_time sees work between kernel calls and not the kernels' own time
+function T.host_time_measures_the_gaps_between_kernels()
+  local calib = require "tide.plan.calib"
+  local Tn = require "tide.tensor"
+  local a, b = Tn.zeros({ 256 }), Tn.zeros({ 256 })
+  local function spin(sec) local t0 = Tn.now() while Tn.now() - t0 < sec do end end
+  -- 10 kernel calls each followed by 0.2 ms of Lua: ~2 ms of host work per step
+  local host, calls = calib.host_time(function()
+    for _ = 1, 10 do Tn.op.add(b, a, a) spin(2e-4) end
+  end, 5, { evict_bytes = 1024 })
+  H.eq(calls, 10, "kernel calls counted")
+  H.truthy(host >= 1.9e-3, "the Lua between kernels (at least the 2 ms spun): " .. host)
+  -- work inside a kernel call is not host work
+  local inner = Tn.op.add
+  Tn.op.add = function(...) spin(2e-4) return inner(...) end
+  local ok, h2 = pcall(calib.host_time, function() for _ = 1, 10 do Tn.op.add(b, a, a) end end, 5, { evict_bytes = 0 })
+  Tn.op.add = inner
+  assert(ok, h2)
+  H.truthy(h2 < 1e-3, "the 2 ms spun inside kernels is not host work: " .. h2)
+  H.eq(Tn.op.add, inner, "op table restored")
 end
 
 -- ---- day 6 as a day average (acceptance 2) ----------------------------------------

@@ -399,9 +399,113 @@ function M.profile(prof, extra)
       -- { compute = , stream = }; when present it replaces the ranks / cores model
       oversub = extra.oversub,
       comm_calls = { dispatch = 2, combine = 1 }, -- alltoallv calls per EP exchange (counts + rows; rows)
+      -- seconds per step of the engine's own work between kernels (M.host_time on
+      -- the model's shadow, at the case being predicted)
+      host_step = extra.host_step,
     },
   }
   return hw
+end
+
+-- ---- the engine's own work between kernels ------------------------------------------
+--
+-- A step is kernels plus the engine's work around them: the modules' Lua,
+-- workspace lookups, tensor views, FFI calls. That part does not depend on
+-- the widths of the model, only on its structure (layers, heads, experts,
+-- top-k, the batch's sequences). It is measured on the model's *shadow*: the
+-- same architecture and structure with every width shrunk to a few elements,
+-- so its kernels take next to no time, and whatever of them remains is taken
+-- out by timing them (tide.profile). Nothing of the model being predicted is
+-- timed.
+
+-- shadow_preset(cfg) -> a tide.synth preset with cfg's structure (layers,
+-- heads, KV heads, vocabulary, routed/shared experts, top-k, groups, dense
+-- layers, q LoRA or not) and widths of a few elements.
+function M.shadow_preset(cfg)
+  local H = cfg.num_attention_heads
+  local ds = cfg.kv_lora_rank ~= nil
+  local p = { arch = ds and "deepseek_v3" or "llama", vocab_size = cfg.vocab_size, num_hidden_layers = cfg.num_hidden_layers,
+    num_attention_heads = H, num_key_value_heads = cfg.num_key_value_heads or H, intermediate_size = 64 }
+  if ds then
+    p.hidden_size, p.kv_lora_rank, p.qk_rope_head_dim, p.qk_nope_head_dim, p.v_head_dim = 64, 32, 8, 8, 8
+    p.q_lora_rank = cfg.q_lora_rank and 32 or nil
+    p.moe_intermediate_size = 16
+    for _, k in ipairs({ "n_routed_experts", "num_experts_per_tok", "n_shared_experts", "first_k_dense_replace",
+      "n_group", "topk_group" }) do p[k] = cfg[k] end
+  else
+    p.hidden_size = H * 8 -- head_dim 8
+  end
+  return p
+end
+
+-- shadow_dir(model_dir, out) -> the shadow of the checkpoint at model_dir,
+-- written to `out` by tide.synth once (kept while its config matches).
+function M.shadow_dir(model_dir, out, tokenizer)
+  local config = require "tide.config"
+  local cfg = assert(config.load(model_dir .. "/config.json"))
+  local p = M.shadow_preset(cfg)
+  local S = require "tide.synth"
+  -- the model's own weight dtype: the modules' paths may differ by dtype
+  local dt = ({ float32 = "f32", float16 = "f16" })[cfg.torch_dtype or ""] or "bf16"
+  local sc = S.config(p)
+  sc.torch_dtype = ({ bf16 = "bfloat16", f16 = "float16", f32 = "float32" })[dt]
+  local want = require("tide.cmd.args").json(sc)
+  local f = io.open(out .. "/config.json")
+  if f then
+    local have = f:read("*a")
+    f:close()
+    if have:gsub("%s+$", "") == want and io.open(out .. "/model.safetensors.index.json") then return out end
+  end
+  local ok, e = S.write({ preset = p, out = out, seed = 7, dtype = dt,
+    tokenizer = tokenizer or (require("tide.plan.hardware").root() .. "/models/dsv3-tiny") })
+  if not ok then return nil, e end
+  return out
+end
+
+-- host_time(run, n, o) -> seconds per step of the engine's work outside
+-- kernels and collectives (median over n steps), and the kernel calls per
+-- step. run(i) runs step i under tide.profile, which measures the gaps
+-- between kernel calls directly; its own bookkeeping (calls x the cost of one
+-- wrapped empty op) is taken out. In a step of the real model every kernel
+-- streams megabytes and the engine's Lua data comes back from DRAM after it,
+-- so each kernel call of the shadow is preceded by writing o.evict_bytes
+-- (default 4 MB, 4x a zen4 core's L2) of a scratch buffer, inside the call's
+-- timed span. o.sync() runs before each step (a barrier under MPI), o.prep(i)
+-- and o.done(i) untimed around it.
+function M.host_time(run, n, o)
+  o = o or {}
+  local nop = function() end
+  local sync, prep, done = o.sync or nop, o.prep or nop, o.done or nop
+  local ffi = require "ffi"
+  local eb = o.evict_bytes or 4 * 1024 * 1024
+  local scratch = eb > 0 and ffi.new("uint8_t[?]", eb)
+  local plain, salt = {}, 0
+  if scratch then
+    for name, f in pairs(T.op) do
+      plain[name] = f
+      T.op[name] = function(...)
+        salt = (salt + 1) % 251
+        ffi.fill(scratch, eb, salt)
+        return f(...)
+      end
+    end
+  end
+  local ok, rep = pcall(require("tide.profile").run, function(span)
+    for i = 1, n do
+      prep(i)
+      sync()
+      span("step" .. i, run, i)
+      done(i)
+    end
+  end, { max_events = 16 })
+  for name, f in pairs(plain) do T.op[name] = f end
+  if not ok then error(rep, 0) end
+  local host, calls = {}, {}
+  for i = 1, n do
+    local sp = rep.spans["step" .. i]
+    host[i], calls[i] = sp.seconds - sp.op_seconds - sp.op_calls * rep.per_call_overhead, sp.op_calls
+  end
+  return math.max(0, median(host)), median(calls)
 end
 
 -- count of the model's kernel calls per step is in the cost walk (op.calls);

@@ -326,6 +326,11 @@ function M.phase(ctx, phase, batch)
     split.exposed = split.exposed + exposed
     step = step + c + exposed
   end
+  -- the engine's work between kernels (Lua, workspace lookups, FFI) per step,
+  -- where a calibrated CPU profile measured it on the model's shadow at this
+  -- case (tide.plan.calib.host_time; bench/plan_calibrate.lua)
+  split.host = hw.cpu and hw.cpu.host_step or 0
+  step = step + split.host
   if s.pp > 1 then step = step + (s.pp - 1) * (b.n * cfg.hidden_size * abytes / (hw.inter.bw * hw.eff.inter) + hw.inter.latency) end
   -- memory per device
   local parts = ctx.parts
@@ -419,12 +424,14 @@ end
 
 -- Evaluate a recipe: opts.hardware, opts.nodes, opts.slo {tpot, ttft, speed},
 -- opts.batch (decode sequences or prefill tokens per device; default: the
--- recipe's, else the largest under the SLO). Returns prefill and/or decode
+-- recipe's, else the largest under the SLO), opts.arrival (requests/s; else
+-- the workload's; with one, M.queue adds the load: see there). Returns prefill and/or decode
 -- results with per-node throughput and cost.
 function M.evaluate(recipe, opts)
   opts = opts or {}
   local ctx, e = M.context(recipe, opts)
   if not ctx then return nil, e end
+  if opts.arrival then ctx.w.arrival = opts.arrival end
   local hw, s = ctx.hw, ctx.s
   local slo = opts.slo or recipe.slo or {}
   local phases = opts.phase and { opts.phase } or (recipe.phase and { recipe.phase } or { "prefill", "decode" })
@@ -451,8 +458,95 @@ function M.evaluate(recipe, opts)
       out.prefill = r
     end
   end
+  if ctx.w.arrival then
+    for _, ph in ipairs(phases) do M.queue(ctx, out, ph, slo, opts.batch ~= nil) end
+  end
   out.ctx = ctx
   return out
+end
+
+-- Queueing at the workload's arrival rate (requests/s to the out.nodes nodes
+-- serving the phase; D devices):
+--   prefill: tokens arrive at a = arrival x input / D per device against the
+--     batch's rate; utilization rho = a / in_tok_s; a request waits for the
+--     batches ahead of it as in an M/D/1 queue whose service is one batch:
+--     W = rho s / (2 (1 - rho)), TTFT = s + W (rho >= 1: the queue grows
+--     without bound).
+--   decode: Little's law, sequences decoding at once per device
+--     L = arrival x output x TPOT(L) / D; the step runs at the batch B where
+--     B = L (bisection; TPOT grows with B). Above the largest batch that fits
+--     memory and the SLO the decode pool is overloaded. The result is the
+--     step at B, delivering arrival x output / nodes tokens/s per node;
+--     queue.capacity keeps the full-batch result.
+function M.queue(ctx, out, ph, slo, fixed)
+  local lam = ctx.w.arrival
+  local r = out[ph]
+  local D = out.nodes * ctx.hw.gpus_per_node
+  local gpn = math.min(ctx.hw.gpus_per_node, out.devices)
+  if ph == "prefill" then
+    local a = lam * ctx.w.input.mean / D
+    local rho = a / r.in_tok_s
+    local wait = rho < 1 and rho * r.step / (2 * (1 - rho)) or math.huge
+    r.queue = { arrival = lam, devices = D, utilization = rho, wait = wait, overloaded = rho >= 1 }
+    r.ttft = r.step + wait
+    r.slo_ok = r.slo_ok and rho < 1 and (not slo.ttft or r.ttft <= slo.ttft)
+    return
+  end
+  local per = lam * ctx.w.output.mean / D -- output tokens per second per device
+  local function eval(B)
+    ctx.imb_attn = attn_imbalance(ctx, B)
+    return M.phase(ctx, "decode", B)
+  end
+  local cap = r
+  local L = per * cap.tpot -- sequences in flight per device if the step ran at the full batch
+  local q = { arrival = lam, devices = D, capacity = { batch = cap.batch, out_tok_s = cap.out_tok_s,
+    per_node = cap.per_node, tpot = cap.tpot } }
+  if L > cap.batch then
+    q.utilization, q.overloaded, q.concurrency = L / cap.batch, true, L
+    r.queue, r.slo_ok = q, false
+    return
+  end
+  if fixed then -- a batch given on the command line: report the load against it
+    q.utilization, q.concurrency = L / cap.batch, L
+    r.queue = q
+    return
+  end
+  -- smallest B (continuous) with B >= per x TPOT(B)
+  local lo, hi = 0, cap.batch
+  if per * eval(1).tpot <= 1 then hi = 1 end
+  for _ = 1, 40 do
+    local mid = 0.5 * (lo + hi)
+    if mid >= per * eval(mid).tpot then hi = mid else lo = mid end
+  end
+  local x = eval(hi)
+  x.slo_ok = cap.slo_ok
+  x.per_node = { output_tok_s = x.out_tok_s * gpn }
+  x.usd_per_mtok = cap.usd_per_mtok * cap.out_tok_s / x.out_tok_s
+  q.utilization, q.concurrency = hi / cap.batch, hi
+  x.queue = q
+  out[ph] = x
+end
+
+-- The throughput / latency curve of a phase: opts as M.evaluate (phase is
+-- set here); decode at 1, 2, 4, ... sequences per device, prefill at 512,
+-- 1k, 2k, ... tokens per device, while the memory fits (mem_frac). Returns
+-- { { batch, latency (TPOT or TTFT, s), per_node (tok/s), result } }.
+function M.curve(recipe, opts, phase)
+  local pts = {}
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.phase = phase
+  local b = phase == "decode" and 1 or 512
+  while b <= (phase == "decode" and 65536 or 1048576) do
+    o.batch = b
+    local r = M.evaluate(recipe, o)
+    local x = r and r[phase]
+    if not x or x.memory.total > x.memory.capacity * r.ctx.s.mem_frac then break end
+    pts[#pts + 1] = { batch = b, latency = phase == "decode" and x.tpot or x.ttft,
+      per_node = phase == "decode" and x.per_node.output_tok_s or x.per_node.input_tok_s, result = x }
+    b = b * 2
+  end
+  return pts
 end
 
 -- ---- hardware contrast ------------------------------------------------------------------
