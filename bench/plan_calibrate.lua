@@ -111,33 +111,8 @@ end
 -- model's shadow sm (tide.plan.calib.host_time: same structure, widths of a
 -- few elements, each kernel call preceded by a cache-evicting write)
 local function shadow_host(sm, c, sync, salt)
-  local kv = sm:kv_cache()
-  local n = 15
-  if c.phase == "prefill" then
-    local s
-    return calib.host_time(function(i)
-      local toks = {}
-      for j = 1, P do toks[j] = (j * 37 + salt * 7919 + i) % 8000 + 3 end
-      assert(sm:step({ s }, { toks }, "last"))
-    end, 5, { sync = sync, prep = function() s = assert(kv:seq_new()) end, done = function() kv:seq_free(s) end })
-  end
-  local seqs, toks = {}, {}
-  for i = 1, c.batch do
-    seqs[i] = assert(kv:seq_new())
-    local p = {}
-    for j = 1, PROMPT do p[j] = (i * 131 + j * 17 + salt * 7919) % 8000 + 3 end
-    toks[i] = p
-  end
-  assert(sm:step(seqs, toks, "last"))
-  local function one(r)
-    local t = {}
-    for i = 1, c.batch do t[i] = { (i * 29 + r * 7 + salt) % 8000 + 3 } end
-    assert(sm:step(seqs, t, "last"))
-  end
-  one(0)
-  local h = calib.host_time(one, n, { sync = sync })
-  for i = 1, c.batch do kv:seq_free(seqs[i]) end
-  return h
+  local t = calib.host_table(sm, { c }, { sync = sync, salt = salt, n = 15, n_prefill = 5 })
+  return t[c.phase][c.batch]
 end
 
 local function load(dir, kvseqs)
@@ -197,7 +172,7 @@ if opts.worker then
     if opts.shadow then
       local sm = load(opts.shadow, math.max(BATCHES[#BATCHES], 1) + 2)
       assert(ep.apply(sm, c, {}))
-      hosts[1] = shadow_host(sm, { phase = "prefill" }, sync, c:rank() + 3)
+      hosts[1] = shadow_host(sm, { phase = "prefill", batch = P }, sync, c:rank() + 3)
       for _, B in ipairs(BATCHES) do hosts[#hosts + 1] = shadow_host(sm, { phase = "decode", batch = B }, sync, c:rank() + 5) end
       hosts = c:allreduce_table(hosts, "sum")
       for i = 1, #hosts do hosts[i] = hosts[i] / n end

@@ -201,6 +201,10 @@ function T.calibrate_writes_a_loadable_profile()
   local r = assert(plan.evaluate({ model = "models/llama-tiny", quant = { weights = "bf16", kv = "f32", act = "f32" } },
     { hardware = hw, phase = "decode", batch = 2 }))
   H.truthy(r.decode.step > 0, "plans on the measured profile")
+  -- the engine's work between kernels, measured on the shadow per phase and batch, survives the file
+  H.truthy(hw.cpu.host.decode[1] and hw.cpu.host.decode[4] and hw.cpu.host.prefill[32], "host work by case")
+  H.near(r.decode.split.host, require("tide.plan.hardware").interp(hw.cpu.host.decode, 2), 1e-15,
+    "the plan adds the host work at its batch")
 end
 
 function T.cli_plan_and_slo()

@@ -10,7 +10,9 @@ usage: tide calibrate [--model DIR] [--out FILE] [--threads N] [--prefill P] [--
   model's steps use (tide.plan.calib; the shapes come from the planner's cost
   walk of DIR, default models/llama-tiny): GEMM rate by weight shape and rows,
   grouped experts per hit, attention per call + rate, one op call, streaming
-  bandwidth. Writes a profile (default recipes/hardware/local.lua) that
+  bandwidth, and the engine's work between kernels per step (on the model's
+  shadow: same structure, widths of a few elements; see tide.plan.calib).
+  Writes a profile (default recipes/hardware/local.lua) that
   `tide plan --hardware FILE` reads. --quick uses small sizes (tests).
   bench/plan_calibrate.lua also measures MPI all-to-all costs.]]
 
@@ -37,7 +39,19 @@ function M.measure(o)
   local prof = calib.measure(need, { threads = threads, dtype = wd, quick = o.quick, reps = o.quick and 1 or 3,
     mgrid = o.quick and { 1, 8, 32 } or nil, rpe = o.quick and { 1, 4 } or nil, copies_bytes = o.quick and 4e6 or nil,
     log = o.log })
-  local hw = calib.profile(prof)
+  -- the engine's work between kernels, on the model's shadow at the same cases
+  local host
+  if not o.no_host then
+    local sdir, se = calib.shadow_dir(dir, (o.shadow_dir or os.getenv("TMPDIR") or "/tmp") .. "/tide-shadow-"
+      .. dir:gsub("[^%w]", "_"):sub(-80))
+    if not sdir then error("tide calibrate: writing the model's shadow: " .. tostring(se), 0) end
+    if o.log then o.log("engine work between kernels on the shadow " .. sdir) end
+    T.set_threads(threads)
+    local sm = assert(require("tide").load(sdir, { kv = { seqs = 40 }, max_ctx = math.max(P, 48) + 16 }))
+    host = calib.host_table(sm, cases, { n = o.quick and 3 or nil })
+    sm:free()
+  end
+  local hw = calib.profile(prof, { host = host })
   hw.op_overhead = prof.op_overhead
   local _ = T
   return hw

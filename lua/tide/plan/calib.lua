@@ -329,7 +329,10 @@ function M.probe(dt, quick, sync)
   local wc = {}
   for i = 1, 4 do wc[i] = weight(1024, 1024, dt) end
   local ws = {}
-  for i = 1, quick and 2 or 8 do ws[i] = weight(1024, 4096, dt) end
+  -- 64 MB of streamed weights and rounds of tens of ms even when quick: a round
+  -- shorter than a few scheduler slices, or weights that fit the L3 alone,
+  -- measure the scheduler or the cache instead of the sharing (--quick gave x170)
+  for i = 1, 8 do ws[i] = weight(1024, 4096, dt) end
   local x, o = T.zeros({ 64, 1024 }), T.zeros({ 64, 1024 })
   local x1, o1 = T.zeros({ 1, 4096 }), T.zeros({ 1, 1024 })
   local function timed(f)
@@ -347,7 +350,7 @@ function M.probe(dt, quick, sync)
   end
   -- rounds of tens of ms (streaming: 16 passes over 64 MB of weights), several scheduler slices
   local tc = timed(function() for k = 1, 20 do T.op.matmul(o, x, wc[(k - 1) % 4 + 1]) end end)
-  local passes = quick and 2 or 16
+  local passes = 16
   local ts = timed(function() for k = 1, passes * #ws do T.op.matmul(o1, x1, ws[(k - 1) % #ws + 1]) end end)
   for i = 1, #wc do wc[i]:free() end
   for i = 1, #ws do ws[i]:free() end
@@ -402,6 +405,8 @@ function M.profile(prof, extra)
       -- seconds per step of the engine's own work between kernels (M.host_time on
       -- the model's shadow, at the case being predicted)
       host_step = extra.host_step,
+      -- or by phase and batch: host[phase][batch] = seconds per step (tide calibrate)
+      host = extra.host,
     },
   }
   return hw
@@ -506,6 +511,45 @@ function M.host_time(run, n, o)
     host[i], calls[i] = sp.seconds - sp.op_seconds - sp.op_calls * rep.per_call_overhead, sp.op_calls
   end
   return math.max(0, median(host)), median(calls)
+end
+
+-- host_table(sm, cases, o) -> { prefill = { [tokens] = s }, decode = { [batch] = s } }:
+-- M.host_time on the loaded shadow sm at each case { phase, batch } (decode
+-- after 32-token prompts, o.n steps (9); prefill of `batch` tokens in one
+-- sequence, o.n_prefill (3)). o.sync runs before each step (a barrier under
+-- MPI); o.salt varies the tokens (per rank).
+function M.host_table(sm, cases, o)
+  o = o or {}
+  local salt, sync = (o.salt or 0) * 7919, o.sync
+  local out = { prefill = {}, decode = {} }
+  local kv = sm:kv_cache()
+  for _, c in ipairs(cases) do
+    if c.phase == "prefill" then
+      local s
+      local toks = {}
+      for j = 1, c.batch do toks[j] = (j * 37 + salt) % 8000 + 3 end
+      out.prefill[c.batch] = M.host_time(function() assert(sm:step({ s }, { toks }, "last")) end, o.n_prefill or 3,
+        { sync = sync, prep = function() s = assert(kv:seq_new()) end, done = function() kv:seq_free(s) end })
+    else
+      local seqs, toks = {}, {}
+      for i = 1, c.batch do
+        seqs[i] = assert(kv:seq_new())
+        local p = {}
+        for j = 1, 32 do p[j] = (i * 131 + j * 17 + salt) % 8000 + 3 end
+        toks[i] = p
+      end
+      assert(sm:step(seqs, toks, "last"))
+      local function one(r)
+        local t = {}
+        for i = 1, c.batch do t[i] = { (i * 29 + r * 7 + salt) % 8000 + 3 } end
+        assert(sm:step(seqs, t, "last"))
+      end
+      one(0)
+      out.decode[c.batch] = M.host_time(one, o.n or 9, { sync = sync })
+      for i = 1, c.batch do kv:seq_free(seqs[i]) end
+    end
+  end
+  return out
 end
 
 -- count of the model's kernel calls per step is in the cost walk (op.calls);

@@ -327,9 +327,16 @@ function M.phase(ctx, phase, batch)
     step = step + c + exposed
   end
   -- the engine's work between kernels (Lua, workspace lookups, FFI) per step,
-  -- where a calibrated CPU profile measured it on the model's shadow at this
+  -- where a calibrated CPU profile measured it on the model's shadow: at this
   -- case (tide.plan.calib.host_time; bench/plan_calibrate.lua)
-  split.host = hw.cpu and hw.cpu.host_step or 0
+  -- (host_step), or as `tide calibrate` measured it by phase and batch (host[phase][batch],
+  -- log-log interpolated in the batch, clamped at the ends)
+  local host = 0
+  if hw.cpu and hw.cpu.host_step then host = hw.cpu.host_step
+  elseif hw.cpu and hw.cpu.host and hw.cpu.host[phase] and next(hw.cpu.host[phase]) then
+    host = hwmod.interp(hw.cpu.host[phase], batch)
+  end
+  split.host = host
   step = step + split.host
   if s.pp > 1 then step = step + (s.pp - 1) * (b.n * cfg.hidden_size * abytes / (hw.inter.bw * hw.eff.inter) + hw.inter.latency) end
   -- memory per device
