@@ -175,23 +175,34 @@ end
 
 -- Seconds one wrapped call adds over a plain call (an empty op on two small
 -- tensors): the minimum over a few batches, so a preempted batch does not count.
+-- Cost of one wrapped call from rounds of n wrapped calls (tw) and n plain
+-- calls (tp): the fastest round of each, then the difference. A minimum is
+-- robust to a burst of load in one round; the minimum of per-round
+-- differences is not (a burst in a plain round made it 0 or negative).
+function M.per_call_cost(tw, tp, n)
+  local bw, bp = math.huge, math.huge
+  for i = 1, #tw do bw = math.min(bw, tw[i]) end
+  for i = 1, #tp do bp = math.min(bp, tp[i]) end
+  return math.max((bw - bp) / n, 0)
+end
+
 local function calibrate()
   local rec = recorder(2048, 1)
   local x = T.zeros({ 4 })
   local function noop(a) return a end
   local w = rec.wrap(0, noop, cost_default)
   rec.start(now())
-  local best = math.huge
-  for _ = 1, 7 do
+  local tw, tp = {}, {}
+  for r = 1, 7 do
     local t0 = now()
     for _ = 1, 1000 do w(x, x, x) end
     local t1 = now()
     for _ = 1, 1000 do noop(x, x, x) end
     local t2 = now()
-    best = math.min(best, ((t1 - t0) - (t2 - t1)) / 1000)
+    tw[r], tp[r] = t1 - t0, t2 - t1
     rec.reset(now())
   end
-  return math.max(best, 0)
+  return M.per_call_cost(tw, tp, 1000)
 end
 
 -- run(fn, opts) -> report, fn's results. fn(span, reset).

@@ -117,6 +117,15 @@ function TT.decode_accounting_identity()
     string.format("profiler bookkeeping ~%.1f%% of the wall", 100 * rep.profiler_share))
 end
 
+-- the wrapper's cost: a burst of load in one plain round must not wipe it out
+-- (the minimum of per-round differences gave 0 here, and decode_accounting_identity failed in CI)
+function TT.per_call_cost_survives_a_burst()
+  local tw = { 70e-6, 71e-6, 90e-6, 70e-6 }
+  local tp = { 10e-6, 10e-6, 95e-6, 11e-6 } -- round 3: a burst during the plain loop
+  H.near(P.per_call_cost(tw, tp, 1000), 60e-9, 1e-15, "fastest wrapped - fastest plain, per call")
+  H.eq(P.per_call_cost({ 5e-6 }, { 9e-6 }, 1000), 0, "never negative")
+end
+
 function TT.cli_profile()
   local dir = H.tmpdir()
   local out = H.sh(H.q(H.tide) .. " profile recipes/trials/tiny-a.lua --steps 2 --out " .. H.q(dir))
