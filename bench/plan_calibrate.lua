@@ -6,9 +6,8 @@
 --      GEMM rate by weight shape at the rows it runs at, grouped experts per
 --      hit, attention per call + rate, op call overhead, streaming bandwidth),
 --      in NB + 1 rounds (--blocks NB, default 5), with a block of timed steps
---      between each two (the box
---      is shared and its load drifts, and a burst of load spoils a round or a
---      block): each block is predicted by tide.plan from the profile of the
+--      between each two (the box is shared and its load drifts, and a burst
+--      of load spoils a round or a block): each block is predicted by tide.plan from the profile of the
 --      two rounds around it, and the case reports the block whose
 --      predicted / measured is the median of the NB (an untimed prefill
 --      first: the first at a size faults in its buffers). The steps run back
@@ -245,10 +244,9 @@ for preset in opts.presets:gmatch("[^,]+") do
   local sdir = assert(calib.shadow_dir(dir, dir .. "-shadow"))
   local sm = load(sdir, math.max(BATCHES[#BATCHES], 1) + 2)
   -- per case: microbenchmarks at the shape classes and rows this case uses
-  -- in 4 rounds, and between each two a block of timed steps (a shared
+  -- in NB + 1 rounds, and between each two a block of timed steps (a shared
   -- machine's load drifts: each block is predicted from the two rounds around
   -- it); the case reports the block whose predicted / measured is the median
-  -- of the three
   for _, c in ipairs(cs) do
     local need = calib.needs(recipe, { c })
     local mo = { threads = threads, dtype = wd, reps = 1, quick = opts.quick, per_shape = true,

@@ -173,12 +173,11 @@ local function recorder(max_events, n_ids)
   return r
 end
 
--- Seconds one wrapped call adds over a plain call (an empty op on two small
--- tensors): the minimum over a few batches, so a preempted batch does not count.
--- Cost of one wrapped call from rounds of n wrapped calls (tw) and n plain
--- calls (tp): the fastest round of each, then the difference. A minimum is
--- robust to a burst of load in one round; the minimum of per-round
--- differences is not (a burst in a plain round made it 0 or negative).
+-- Seconds one wrapped call adds over a plain call, from rounds of n wrapped
+-- calls (tw) and n plain calls (tp) of an empty op: the fastest round of each,
+-- then the difference. A minimum is robust to a burst of load in one round;
+-- the minimum of per-round differences is not (a burst in a plain round made
+-- it 0 or negative).
 function M.per_call_cost(tw, tp, n)
   local bw, bp = math.huge, math.huge
   for i = 1, #tw do bw = math.min(bw, tw[i]) end

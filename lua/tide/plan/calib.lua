@@ -459,7 +459,9 @@ function M.shadow_dir(model_dir, out, tokenizer)
   if f then
     local have = f:read("*a")
     f:close()
-    if have:gsub("%s+$", "") == want and io.open(out .. "/model.safetensors.index.json") then return out end
+    local idx = io.open(out .. "/model.safetensors.index.json")
+    if idx then idx:close() end
+    if idx and have:gsub("%s+$", "") == want then return out end
   end
   local ok, e = S.write({ preset = p, out = out, seed = 7, dtype = dt,
     tokenizer = tokenizer or (require("tide.plan.hardware").root() .. "/models/dsv3-tiny") })

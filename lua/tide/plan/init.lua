@@ -327,10 +327,9 @@ function M.phase(ctx, phase, batch)
     step = step + c + exposed
   end
   -- the engine's work between kernels (Lua, workspace lookups, FFI) per step,
-  -- where a calibrated CPU profile measured it on the model's shadow: at this
-  -- case (tide.plan.calib.host_time; bench/plan_calibrate.lua)
-  -- (host_step), or as `tide calibrate` measured it by phase and batch (host[phase][batch],
-  -- log-log interpolated in the batch, clamped at the ends)
+  -- where a calibrated CPU profile measured it on the model's shadow
+  -- (tide.plan.calib.host_time): at this case (host_step, bench/plan_calibrate.lua),
+  -- or by phase and batch (host[phase][batch], tide calibrate; log-log in the batch)
   local host = 0
   if hw.cpu and hw.cpu.host_step then host = hw.cpu.host_step
   elseif hw.cpu and hw.cpu.host and hw.cpu.host[phase] and next(hw.cpu.host[phase]) then
@@ -403,15 +402,18 @@ local function attn_imbalance(ctx, B)
   return 1 + cv / math.max(B, 1)
 end
 
+-- A decode step at B sequences per device, with the attention imbalance of that batch
+local function decode_at(ctx, B)
+  ctx.imb_attn = attn_imbalance(ctx, B)
+  return M.phase(ctx, "decode", B)
+end
+
 -- Largest decode batch per device that fits memory and the latency target
 -- (slo.tpot seconds per output token, or slo.speed tokens/s per user).
 function M.decode_batch(ctx, slo)
   slo = slo or {}
   local hi = 1
-  local function eval(B)
-    ctx.imb_attn = attn_imbalance(ctx, B)
-    return M.phase(ctx, "decode", B)
-  end
+  local function eval(B) return decode_at(ctx, B) end
   local function ok(r)
     if r.memory.total > ctx.hw.mem.capacity * ctx.s.mem_frac then return false end
     if slo.tpot and r.tpot > slo.tpot then return false end
@@ -450,7 +452,7 @@ function M.evaluate(recipe, opts)
     local r
     if ph == "decode" then
       local B = (opts.phase == "decode" or #phases == 1) and opts.batch or (recipe.decode and recipe.decode.batch)
-      if B then ctx.imb_attn = attn_imbalance(ctx, B); r = M.phase(ctx, "decode", B); r.slo_ok = true
+      if B then r = decode_at(ctx, B); r.slo_ok = true
       else local okb; r, okb = M.decode_batch(ctx, slo); r.slo_ok = okb end
       r.per_node = { output_tok_s = r.out_tok_s * gpn }
       r.usd_per_mtok = price / 3600 / r.out_tok_s * 1e6
@@ -500,10 +502,7 @@ function M.queue(ctx, out, ph, slo, fixed)
     return
   end
   local per = lam * ctx.w.output.mean / D -- output tokens per second per device
-  local function eval(B)
-    ctx.imb_attn = attn_imbalance(ctx, B)
-    return M.phase(ctx, "decode", B)
-  end
+  local function eval(B) return decode_at(ctx, B) end
   local cap = r
   local L = per * cap.tpot -- sequences in flight per device if the step ran at the full batch
   local q = { arrival = lam, devices = D, capacity = { batch = cap.batch, out_tok_s = cap.out_tok_s,
