@@ -109,8 +109,8 @@ end
 -- The engine's own work between kernels in a step of case c, measured on the
 -- model's shadow sm (tide.plan.calib.host_time: same structure, widths of a
 -- few elements, each kernel call preceded by a cache-evicting write)
-local function shadow_host(sm, c, sync, salt)
-  local t = calib.host_table(sm, { c }, { sync = sync, salt = salt, n = 15, n_prefill = 5 })
+local function shadow_host(sm, c, sync, salt, clock)
+  local t = calib.host_table(sm, { c }, { sync = sync, salt = salt, n = 15, n_prefill = 5, clock = clock })
   return t[c.phase][c.batch]
 end
 
@@ -159,24 +159,34 @@ if opts.worker then
     -- NB + 1 probe rounds around NB blocks of steps (as the single-process cases); the step of the
     -- job is the slowest rank's
     measure_prefill(m, sync, c:rank() + 11, nil, 1) -- untimed: faults in the prefill buffers
-    local probes, blocks = { probe() }, {}
+    -- the engine's own work between kernels, on the shadow (EP applied the same way), per case and
+    -- block, right after the block's steps (the box drifts); rank mean, in CPU seconds: the wall time
+    -- of a gap depends on whether the rank was descheduled in it (9-30 ms per step at batch 32 from
+    -- one run to the next), its CPU time much less
+    local sm
+    if opts.shadow then
+      sm = load(opts.shadow, math.max(BATCHES[#BATCHES], 1) + 2)
+      assert(ep.apply(sm, c, {}))
+    end
+    local function shadow_hosts(b)
+      if not sm then return {} end
+      local h = { shadow_host(sm, { phase = "prefill", batch = P }, sync, c:rank() + 3 + b, "cpu") }
+      for _, B in ipairs(BATCHES) do
+        h[#h + 1] = shadow_host(sm, { phase = "decode", batch = B }, sync, c:rank() + 5 + b, "cpu")
+      end
+      h = c:allreduce_table(h, "sum")
+      for i = 1, #h do h[i] = h[i] / n end
+      return h
+    end
+    local probes, blocks, hosts = { probe() }, {}, {}
     for b = 1, NB do
       local vals = { measure_prefill(m, sync, c:rank() + 1 + 4 * b, nil, 1) }
       for _, B in ipairs(BATCHES) do vals[#vals + 1] = measure_decode(m, B, sync, c:rank() + 1 + 4 * b) end
       blocks[b] = c:allreduce_table(vals, "max")
+      hosts[b] = shadow_hosts(b)
       probes[b + 1] = probe()
     end
-    -- the engine's own work between kernels, on the shadow (EP applied the same way), per case; rank mean
-    local hosts = {}
-    if opts.shadow then
-      local sm = load(opts.shadow, math.max(BATCHES[#BATCHES], 1) + 2)
-      assert(ep.apply(sm, c, {}))
-      hosts[1] = shadow_host(sm, { phase = "prefill", batch = P }, sync, c:rank() + 3)
-      for _, B in ipairs(BATCHES) do hosts[#hosts + 1] = shadow_host(sm, { phase = "decode", batch = B }, sync, c:rank() + 5) end
-      hosts = c:allreduce_table(hosts, "sum")
-      for i = 1, #hosts do hosts[i] = hosts[i] / n end
-      sm:free()
-    end
+    if sm then sm:free() end
     local A = require "tide.cmd.args"
     return A.json({ latency = lat, bw = bw, probes = probes, blocks = blocks, hosts = hosts })
   end, {}))
@@ -331,12 +341,14 @@ if moe_dir and not opts["no-mpi"] and R > 1 and have_mpirun() then
         R / cores * bw1 / (bw_all / cores)))
     end
     for ci, c in ipairs(cs) do
-      log(string.format("%s ep%d %s: engine work between kernels on the shadow %.3f ms per step (rank mean)",
-        moe_dir.preset, R, c.name, (res.hosts[ci] or 0) * 1e3))
+      local hs = {}
+      for b = 1, NB do hs[b] = string.format("%.2f", ((res.hosts[b] or {})[ci] or 0) * 1e3) end
+      log(string.format("%s ep%d %s: engine work between kernels on the shadow, ms CPU per step by block (rank mean;"
+        .. " shared out over the cores like compute): %s", moe_dir.preset, R, c.name, table.concat(hs, " ")))
       local blocks = {}
       for b = 1, NB do
         local hw = calib.profile(prof, { ranks = R, cores = cores, a2a = { latency = res.latency, bw = res.bw },
-          bw1 = bw1, bw_all = bw_all, oversub = not opts.modelled and over_of(b) or nil, host_step = res.hosts[ci] })
+          bw1 = bw1, bw_all = bw_all, oversub = not opts.modelled and over_of(b) or nil, host_step = (res.hosts[b] or {})[ci], host_cpu = true })
         local meas = res.blocks[b][ci]
         local pred = predict(recipe, hw, c)
         blocks[b] = { meas = meas, pred = pred, hw = hw, ratio = pred.step / meas }

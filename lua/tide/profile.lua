@@ -76,6 +76,8 @@ local function cost_default(a1, a2, a3) return nb(a1) + nb(a2) + nb(a3), 0 end
 local COMM = { "barrier", "allreduce", "iallreduce", "allreduce_table", "allgather", "allgather_string", "alltoallv",
   "ialltoallv", "bcast", "bcast_string", "send", "recv", "isend", "irecv", "send_string", "recv_string" }
 
+M.COMM_CALLS = COMM
+
 -- A recorder: preallocated counters and event ring, and the op wrappers that
 -- fill them. Everything mutable lives in this closure (one per profile run).
 local function recorder(max_events, n_ids)

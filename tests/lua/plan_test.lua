@@ -466,6 +466,16 @@ function T.cpu_profile_adds_host_work_per_step()
   H.near(b.step - a.step, 3e-3, 1e-12, "added to the step once")
   H.truthy(require("tide.cmd.plan").report(bo, "decode", b):find("host: engine work between kernels", 1, true),
     "the report shows it")
+  -- measured as one rank's CPU time among ranks sharing cores: stretched like compute
+  local hw = calib.profile(prof, { host_step = 3e-3, host_cpu = true, ranks = 4, cores = 2 })
+  q.hardware = hw
+  H.near(assert(plan.evaluate(r, q)).decode.split.host, 6e-3, 1e-15, "4 ranks on 2 cores: x2")
+  hw = calib.profile(prof, { host_step = 3e-3, host_cpu = true, ranks = 4, cores = 2, oversub = { compute = 2.2, stream = 2.8 } })
+  q.hardware = hw
+  H.near(assert(plan.evaluate(r, q)).decode.split.host, 6.6e-3, 1e-12, "the compute probe's factor")
+  hw = calib.profile(prof, { host_step = 3e-3, host_cpu = true, ranks = 1, cores = 2 })
+  q.hardware = hw
+  H.near(assert(plan.evaluate(r, q)).decode.split.host, 3e-3, 1e-15, "a rank with a core of its own: as measured")
 end
 
 -- the shadow keeps the structure the engine's Lua loops over and shrinks every width
@@ -480,7 +490,15 @@ function T.shadow_keeps_structure_and_walk()
       H.eq(p[k], cfg[k], dir .. " keeps " .. k)
     end
     H.eq(p.num_key_value_heads, cfg.num_key_value_heads or cfg.num_attention_heads, dir .. " keeps KV heads")
-    H.truthy(p.hidden_size < cfg.hidden_size and p.intermediate_size < cfg.intermediate_size, dir .. " shrinks widths")
+    H.truthy(p.intermediate_size < cfg.intermediate_size, dir .. " shrinks widths")
+    -- an MoE model's shadow keeps the width of the rows EP copies and exchanges
+    if (cfg.n_routed_experts or 0) > 0 then
+      H.eq(p.hidden_size, cfg.hidden_size, dir .. " keeps the hidden size (EP's rows)")
+      H.truthy(p.moe_intermediate_size < cfg.moe_intermediate_size and p.kv_lora_rank < cfg.kv_lora_rank,
+        dir .. " shrinks the expert and latent widths")
+    else
+      H.truthy(p.hidden_size < cfg.hidden_size, dir .. " shrinks the hidden size")
+    end
     local out = os.tmpname()
     os.remove(out)
     local sd = assert(calib.shadow_dir(dir, out))
@@ -532,6 +550,26 @@ function T.host_time_measures_the_gaps_between_kernels()
   assert(ok, h2)
   H.truthy(h2 < 1e-3, "the 2 ms spun inside kernels is not host work: " .. h2)
   H.eq(Tn.op.add, inner, "op table restored")
+  -- the CPU clock (ranks sharing cores): spinning between kernels counts, sleeping does not, nor
+  -- work inside kernels or collectives
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "int usleep(unsigned int usec);")
+  local c1, n1 = calib.host_cpu(function() for _ = 1, 10 do Tn.op.add(b, a, a) spin(2e-4) end end, 5, { evict_bytes = 1024 })
+  H.eq(n1, 10, "kernel calls counted (CPU clock)")
+  H.truthy(c1 >= 1.5e-3 and c1 < 6e-3, "CPU spun between kernels: " .. c1)
+  local c2 = calib.host_cpu(function() for _ = 1, 10 do Tn.op.add(b, a, a) ffi.C.usleep(300) end end, 5, { evict_bytes = 0 })
+  H.truthy(c2 < 1e-3, "3 ms asleep between kernels is no CPU work: " .. c2)
+  Tn.op.add = function(...) spin(2e-4) return inner(...) end
+  local comm = require "tide.comm"
+  local bar = comm.Comm.barrier
+  comm.Comm.barrier = function() spin(2e-4) return true end
+  local ok3, c3 = pcall(calib.host_cpu, function()
+    for _ = 1, 10 do Tn.op.add(b, a, a) comm.Comm.barrier() end
+  end, 5, { evict_bytes = 0 })
+  Tn.op.add, comm.Comm.barrier = inner, bar
+  assert(ok3, c3)
+  H.truthy(c3 < 1e-3, "4 ms spun inside kernels and collectives is not host work: " .. c3)
+  H.eq(Tn.op.add, inner, "op table restored (CPU clock)")
 end
 
 -- ---- day 6 as a day average (acceptance 2) ----------------------------------------

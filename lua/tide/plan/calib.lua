@@ -405,6 +405,8 @@ function M.profile(prof, extra)
       -- seconds per step of the engine's own work between kernels (M.host_time on
       -- the model's shadow, at the case being predicted)
       host_step = extra.host_step,
+      -- host_step / host are CPU seconds of one rank (M.host_cpu), shared out like compute
+      host_cpu = extra.host_cpu,
       -- or by phase and batch: host[phase][batch] = seconds per step (tide calibrate)
       host = extra.host,
     },
@@ -425,14 +427,23 @@ end
 
 -- shadow_preset(cfg) -> a tide.synth preset with cfg's structure (layers,
 -- heads, KV heads, vocabulary, routed/shared experts, top-k, groups, dense
--- layers, q LoRA or not) and widths of a few elements.
+-- layers, q LoRA or not) and widths of a few elements. An MoE model's shadow
+-- keeps the hidden size: under EP the engine's Lua copies every routed row
+-- (hidden-size wide) four times per layer (pack, gather by slot, back,
+-- reorder), and MPI moves the same rows; on 8-wide rows that work vanished
+-- (dsv3-moe-1b EP4 decode at batch 32: 4-8 ms per step on the shadow with
+-- 64-wide rows, 26-34 ms with the model's 1024, against ~40 ms of the real
+-- step's CPU between kernels shared out over the cores).
 function M.shadow_preset(cfg)
   local H = cfg.num_attention_heads
   local ds = cfg.kv_lora_rank ~= nil
   local p = { arch = ds and "deepseek_v3" or "llama", vocab_size = cfg.vocab_size, num_hidden_layers = cfg.num_hidden_layers,
     num_attention_heads = H, num_key_value_heads = cfg.num_key_value_heads or H, intermediate_size = 64 }
   if ds then
-    p.hidden_size, p.kv_lora_rank, p.qk_rope_head_dim, p.qk_nope_head_dim, p.v_head_dim = 64, 32, 8, 8, 8
+    p.kv_lora_rank, p.qk_rope_head_dim, p.qk_nope_head_dim, p.v_head_dim = 32, 8, 8, 8
+    -- the attention widths above are set on their own; the hidden size only widens the
+    -- projections' inputs and outputs (a few elements by the model's hidden)
+    p.hidden_size = (cfg.n_routed_experts or 0) > 0 and cfg.hidden_size or 64
     p.q_lora_rank = cfg.q_lora_rank and 32 or nil
     p.moe_intermediate_size = 16
     for _, k in ipairs({ "n_routed_experts", "num_experts_per_tok", "n_shared_experts", "first_k_dense_replace",
@@ -515,14 +526,95 @@ function M.host_time(run, n, o)
   return math.max(0, median(host)), median(calls)
 end
 
+-- host_cpu(run, n, o) -> as host_time, in this thread's CPU seconds: per
+-- step, the step's CPU time less the CPU time inside kernel calls (each
+-- preceded by the o.evict_bytes write, as in host_time) and collectives, less
+-- the wrappers' own cost. For ranks that share cores: the wall time of a gap
+-- depends on whether the rank was descheduled in it (the shadow of
+-- dsv3-moe-1b under EP4 on 2 cores measured 9-30 ms per step at batch 32 from
+-- one run to the next), its CPU time does not; the planner shares the CPU time
+-- out over the cores as it does a kernel's (hw.cpu.host_cpu).
+function M.host_cpu(run, n, o)
+  o = o or {}
+  local nop = function() end
+  local sync, prep, done = o.sync or nop, o.prep or nop, o.done or nop
+  local ffi = require "ffi"
+  local comm = require "tide.comm"
+  local cpu = comm.thread_cpu
+  local eb = o.evict_bytes or 4 * 1024 * 1024
+  local scratch = eb > 0 and ffi.new("uint8_t[?]", eb)
+  local inside, calls, depth, salt = 0, 0, 0, 0
+  local function finish(c0, ...)
+    inside, calls, depth = inside + cpu() - c0, calls + 1, 0
+    return ...
+  end
+  local function wrap(f, evict)
+    return function(...)
+      if depth > 0 then return f(...) end
+      depth = 1
+      local c0 = cpu()
+      if evict and scratch then
+        salt = (salt + 1) % 251
+        ffi.fill(scratch, eb, salt)
+      end
+      return finish(c0, f(...))
+    end
+  end
+  -- the wrapper's own CPU outside the span it counts, per call (an empty op)
+  local function noop(a) return a end
+  local w = wrap(noop, false)
+  local ovh = math.huge
+  for _ = 1, 5 do
+    local i0, c0 = inside, cpu()
+    for _ = 1, 2000 do w(1) end
+    local c1 = cpu()
+    for _ = 1, 2000 do noop(1) end
+    local c2 = cpu()
+    ovh = math.min(ovh, ((c1 - c0) - (inside - i0) - (c2 - c1)) / 2000)
+  end
+  ovh = math.max(ovh, 0)
+  local plain, plain_comm = {}, {}
+  for name, f in pairs(T.op) do
+    plain[name] = f
+    T.op[name] = wrap(f, true)
+  end
+  for _, name in ipairs(require("tide.profile").COMM_CALLS) do
+    local f = comm.Comm[name]
+    if f then
+      plain_comm[name] = f
+      comm.Comm[name] = wrap(f, false)
+    end
+  end
+  local host, ncalls = {}, {}
+  local ok, err = pcall(function()
+    for i = 1, n do
+      prep(i)
+      sync()
+      depth = 0
+      local i0, k0, c0 = inside, calls, cpu()
+      run(i)
+      local c1 = cpu()
+      host[i] = (c1 - c0) - (inside - i0) - (calls - k0) * ovh
+      ncalls[i] = calls - k0
+      done(i)
+    end
+  end)
+  for name, f in pairs(plain) do T.op[name] = f end
+  for name, f in pairs(plain_comm) do comm.Comm[name] = f end
+  if not ok then error(err, 0) end
+  return math.max(0, median(host)), median(ncalls)
+end
+
 -- host_table(sm, cases, o) -> { prefill = { [tokens] = s }, decode = { [batch] = s } }:
 -- M.host_time on the loaded shadow sm at each case { phase, batch } (decode
 -- after 32-token prompts, o.n steps (9); prefill of `batch` tokens in one
 -- sequence, o.n_prefill (3)). o.sync runs before each step (a barrier under
--- MPI); o.salt varies the tokens (per rank).
+-- MPI); o.salt varies the tokens (per rank); o.clock = "cpu" measures with
+-- M.host_cpu (CPU seconds, for ranks that share cores).
 function M.host_table(sm, cases, o)
   o = o or {}
   local salt, sync = (o.salt or 0) * 7919, o.sync
+  local measure = o.clock == "cpu" and M.host_cpu or M.host_time
   local out = { prefill = {}, decode = {} }
   local kv = sm:kv_cache()
   for _, c in ipairs(cases) do
@@ -530,7 +622,7 @@ function M.host_table(sm, cases, o)
       local s
       local toks = {}
       for j = 1, c.batch do toks[j] = (j * 37 + salt) % 8000 + 3 end
-      out.prefill[c.batch] = M.host_time(function() assert(sm:step({ s }, { toks }, "last")) end, o.n_prefill or 3,
+      out.prefill[c.batch] = measure(function() assert(sm:step({ s }, { toks }, "last")) end, o.n_prefill or 3,
         { sync = sync, prep = function() s = assert(kv:seq_new()) end, done = function() kv:seq_free(s) end })
     else
       local seqs, toks = {}, {}
@@ -547,7 +639,7 @@ function M.host_table(sm, cases, o)
         assert(sm:step(seqs, t, "last"))
       end
       one(0)
-      out.decode[c.batch] = M.host_time(one, o.n or 9, { sync = sync })
+      out.decode[c.batch] = measure(one, o.n or 9, { sync = sync })
       for i = 1, c.batch do kv:seq_free(seqs[i]) end
     end
   end

@@ -120,6 +120,16 @@ function M.stream_share(o, sum_t, sum_tb)
   return rho
 end
 
+-- The factor by which one rank's CPU work stretches among cpu.ranks
+-- single-threaded ranks on cpu.cores cores: the compute probe's when
+-- measured (oversub.compute), else ranks / cores; 1 when they fit.
+function M.cpu_share(cpu)
+  local R, c = cpu.ranks or 1, cpu.cores or 1
+  if cpu.oversub and R > 1 then return cpu.oversub.compute end
+  if R > c then return R / c end
+  return 1
+end
+
 function M.cpu_op_time(hw, op, wd, alone)
   local cpu = hw.cpu
   local t, bound, info

@@ -231,6 +231,12 @@ function M.phase(ctx, phase, batch)
     if D <= 1 then
       return r:add({ name = name, kind = "elt", elems = n * top_k * dim, flops = 0, a_bytes = 2 * n * top_k * dim * abytes })
     end
+    if kind == "combine" and hw.cpu then
+      -- Tide's EP sums the combined rows into the tokens in a kernel of its own
+      -- (T.op.scatter_add; DeepEP's combine kernel does it on the GPU)
+      r:add({ name = name .. "_sum", kind = "elt", elems = n * top_k * dim, flops = 2 * n * top_k * dim,
+        a_bytes = (n * top_k + n) * dim * abytes })
+    end
     local row = dispatch_row_bytes(kind == "dispatch" and s.dispatch or s.combine, dim)
     if comm_kind == "low-latency" then
       local t = hwmod.ll_time(hw, kind, D, n)
@@ -335,6 +341,8 @@ function M.phase(ctx, phase, batch)
   elseif hw.cpu and hw.cpu.host and hw.cpu.host[phase] and next(hw.cpu.host[phase]) then
     host = hwmod.interp(hw.cpu.host[phase], batch)
   end
+  -- measured as CPU time (hw.cpu.host_cpu: ranks sharing cores), it stretches like a kernel's compute
+  if host > 0 and hw.cpu.host_cpu then host = host * hwmod.cpu_share(hw.cpu) end
   split.host = host
   step = step + split.host
   if s.pp > 1 then step = step + (s.pp - 1) * (b.n * cfg.hidden_size * abytes / (hw.inter.bw * hw.eff.inter) + hw.inter.latency) end
