@@ -108,7 +108,8 @@ end
 
 -- The engine's own work between kernels in a step of case c, measured on the
 -- model's shadow sm (tide.plan.calib.host_time: same structure, widths of a
--- few elements, each kernel call preceded by a cache-evicting write)
+-- few elements but an MoE model's hidden size, each kernel call preceded by a
+-- cache-evicting write; clock "cpu": calib.host_cpu, for ranks sharing cores)
 local function shadow_host(sm, c, sync, salt, clock)
   local t = calib.host_table(sm, { c }, { sync = sync, salt = salt, n = 15, n_prefill = 5, clock = clock })
   return t[c.phase][c.batch]

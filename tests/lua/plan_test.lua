@@ -478,6 +478,22 @@ function T.cpu_profile_adds_host_work_per_step()
   H.near(assert(plan.evaluate(r, q)).decode.split.host, 3e-3, 1e-15, "a rank with a core of its own: as measured")
 end
 
+-- a profile whose host work is CPU time of ranks sharing cores (a boolean field) round-trips
+-- through the file (bench/plan_calibrate.lua --save failed on it)
+function T.profile_with_host_cpu_round_trips()
+  local cal = require "tide.cmd.calibrate"
+  local calib = require "tide.plan.calib"
+  local hp = calib.profile(small_prof(), { host_step = 2e-3, host_cpu = true, ranks = 4, cores = 2 })
+  local path = H.tmpdir() .. "/ranks.lua"
+  local f = assert(io.open(path, "w"))
+  f:write("return ", cal.serialize(hp), "\n")
+  f:close()
+  local hw = assert(hwmod.load(path))
+  H.eq(hw.cpu.host_cpu, true, "host_cpu survives the file")
+  H.near(hw.cpu.host_step, 2e-3, 1e-12, "host_step survives the file")
+  H.truthy(not pcall(cal.serialize, { f = print }), "a value a profile cannot hold is an error, not garbage")
+end
+
 -- the shadow keeps the structure the engine's Lua loops over and shrinks every width
 function T.shadow_keeps_structure_and_walk()
   local calib = require "tide.plan.calib"

@@ -74,7 +74,9 @@ local function ser(v, ind)
     end
     return "{\n" .. table.concat(parts, "\n") .. "\n" .. ind .. "}"
   elseif type(v) == "string" then return string.format("%q", v)
-  else return string.format("%.6g", v) end
+  elseif type(v) == "boolean" then return tostring(v)
+  elseif type(v) == "number" then return string.format("%.6g", v)
+  else error("calibrate: cannot write a " .. type(v) .. " into a profile", 0) end
 end
 M.serialize = ser
 
