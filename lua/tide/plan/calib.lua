@@ -480,6 +480,20 @@ function M.shadow_dir(model_dir, out, tokenizer)
   return out
 end
 
+-- A function that writes `bytes` (default 4 MB) of a scratch buffer, a new
+-- value each call: run before each of the shadow's kernel calls (host_time);
+-- nil for 0 bytes.
+local function evictor(bytes)
+  local eb = bytes or 4 * 1024 * 1024
+  if eb <= 0 then return nil end
+  local ffi = require "ffi"
+  local scratch, salt = ffi.new("uint8_t[?]", eb), 0
+  return function()
+    salt = (salt + 1) % 251
+    ffi.fill(scratch, eb, salt)
+  end
+end
+
 -- host_time(run, n, o) -> seconds per step of the engine's work outside
 -- kernels and collectives (median over n steps), and the kernel calls per
 -- step. run(i) runs step i under tide.profile, which measures the gaps
@@ -494,16 +508,13 @@ function M.host_time(run, n, o)
   o = o or {}
   local nop = function() end
   local sync, prep, done = o.sync or nop, o.prep or nop, o.done or nop
-  local ffi = require "ffi"
-  local eb = o.evict_bytes or 4 * 1024 * 1024
-  local scratch = eb > 0 and ffi.new("uint8_t[?]", eb)
-  local plain, salt = {}, 0
-  if scratch then
+  local evict = evictor(o.evict_bytes)
+  local plain = {}
+  if evict then
     for name, f in pairs(T.op) do
       plain[name] = f
       T.op[name] = function(...)
-        salt = (salt + 1) % 251
-        ffi.fill(scratch, eb, salt)
+        evict()
         return f(...)
       end
     end
@@ -538,25 +549,20 @@ function M.host_cpu(run, n, o)
   o = o or {}
   local nop = function() end
   local sync, prep, done = o.sync or nop, o.prep or nop, o.done or nop
-  local ffi = require "ffi"
   local comm = require "tide.comm"
   local cpu = comm.thread_cpu
-  local eb = o.evict_bytes or 4 * 1024 * 1024
-  local scratch = eb > 0 and ffi.new("uint8_t[?]", eb)
-  local inside, calls, depth, salt = 0, 0, 0, 0
+  local evict = evictor(o.evict_bytes)
+  local inside, calls, depth = 0, 0, 0
   local function finish(c0, ...)
     inside, calls, depth = inside + cpu() - c0, calls + 1, 0
     return ...
   end
-  local function wrap(f, evict)
+  local function wrap(f, evict_first)
     return function(...)
       if depth > 0 then return f(...) end
       depth = 1
       local c0 = cpu()
-      if evict and scratch then
-        salt = (salt + 1) % 251
-        ffi.fill(scratch, eb, salt)
-      end
+      if evict_first and evict then evict() end
       return finish(c0, f(...))
     end
   end
